@@ -1,0 +1,3 @@
+from unsafe_concepts.cli import main
+
+raise SystemExit(main())
