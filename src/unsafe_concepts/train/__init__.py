@@ -1,0 +1,1 @@
+"""Alignment training: response-reward PPO (the paper's method), SFT, DPO, GRPO."""
