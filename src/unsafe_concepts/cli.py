@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", help="judge the responses with this judge and write metrics.json")
     p.set_defaults(func=_handler("unsafe_concepts.runs:cli_evaluate"))
 
-    p = sub.add_parser("tasks", help="list the registered tasks")
+    p = sub.add_parser("tasks", help="list the registered tasks",
+                       description="List the tasks `evaluate --task` accepts, with the modality each asks in.")
     p.set_defaults(func=_handler("unsafe_concepts.tasks:cli_list"))
 
     # judge
@@ -153,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="items per task (default: a size that runs in minutes on 2 CPU cores)")
     p.set_defaults(func=_handler("unsafe_concepts.pipeline:cli_demo"))
 
-    p = sub.add_parser("setup", help="prepare the offline models (convert SmolLM2 GGUF, build tiny-vlm, train the default judge)")
+    p = sub.add_parser("setup", help="prepare the offline models (convert SmolLM2 GGUF, build tiny-vlm, train the default judge)",
+                       description="Prepare everything the offline default needs, once, under the cache home "
+                       "($UNSAFE_CONCEPTS_HOME, default ~/.cache/unsafe-concepts). `make install` runs it.")
     p.set_defaults(func=_handler("unsafe_concepts.models.offline:cli_setup"))
     return parser
 
