@@ -1,0 +1,103 @@
+"""Shared pieces of the post-training evaluation sets: the typed items, image decoding, and the
+hub access every loader goes through (never called in tests: every loader also reads local files)."""
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unsafe_concepts.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+
+
+@dataclass
+class LabelledImage:
+    """One image with a ground-truth safe/unsafe label (SMID after binarising, NSFW).
+
+    ``image`` is a path on disk or an already decoded PIL image (hub rows)."""
+
+    id: str
+    image: Any
+    label: str  # "safe" or "unsafe"
+    source: str
+    meta: dict = field(default_factory=dict)
+
+
+def decode_base64_image(data: str, where: str):
+    """A base64 string (as MME's TSV ships its images) -> RGB PIL image; UserError naming the row."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        raw = base64.b64decode(data, validate=False)
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            return im.convert("RGB")
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{where}: the image column is not a base64-encoded image ({e})") from None
+
+
+def as_pil(image: Any, where: str):
+    """A hub ``Image`` feature value (PIL, or {'bytes','path'}), a path, or PIL -> RGB PIL."""
+    from PIL import Image
+
+    from unsafe_concepts.data.records import load_rgb
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, dict) and image.get("bytes"):
+        with Image.open(io.BytesIO(image["bytes"])) as im:
+            im.load()
+            return im.convert("RGB")
+    if isinstance(image, dict) and image.get("path"):
+        return load_rgb(image["path"], where)
+    if isinstance(image, (str, Path)):
+        return load_rgb(image, where)
+    raise UserError(f"{where}: no usable image (got {type(image).__name__})")
+
+
+def read_table(path: Path, delimiter: str | None = None) -> list[dict]:
+    """Rows of a CSV/TSV file as dicts (delimiter from the suffix unless given). Large base64 cells
+    are fine: the csv field limit is raised to the maximum."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    if delimiter is None:
+        delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if not reader.fieldnames:
+            raise UserError(f"{path}: empty file (no header row)")
+        return list(reader)
+
+
+def require_columns(rows_or_header, needed: tuple[str, ...], where: str) -> None:
+    header = rows_or_header if isinstance(rows_or_header, (list, tuple, set)) else list(rows_or_header)
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise UserError(f"{where}: missing column(s) {missing}; found {list(header)}")
+
+
+def load_hub_split(repo_id: str, split: str, revision: str | None = None):
+    """``datasets.load_dataset`` on a hub dataset: the ordinary code path, used only when a user
+    asks for ``hf:`` sources (nothing downloads by default or in tests)."""
+    try:
+        from datasets import load_dataset
+
+        return load_dataset(repo_id, split=split, revision=revision)
+    except Exception as e:  # network, auth, missing repo: say which dataset failed
+        raise UserError(f"could not load hub dataset {repo_id!r} (split {split!r}): {e}") from None
+
+
+def hub_spec(source: str) -> str | None:
+    """'hf' / 'hf:<repo>' -> the repo id part ('' for the default); None for a local path."""
+    if source == "hf":
+        return ""
+    if source.startswith("hf:"):
+        return source[3:]
+    return None
