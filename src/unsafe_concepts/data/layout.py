@@ -1,0 +1,117 @@
+"""Reading a dataset folder in the benchmark's layout, with every problem named (file, row, field).
+
+Unsafe side (the benchmark's layout, as the gated dataset and the reference code use it)::
+
+    ROOT/metadata.jsonl               {"image_filename": "images/0.png", "category": ..., "unsafe_concept": ...}
+    ROOT/images/0.png ...
+    ROOT/perception_metadata.jsonl    optional: + "option_str", "correct_option" (fixed option sets)
+    ROOT/context_questions.json       optional: the context questions
+    ROOT/safe/                        optional: the safe counterpart images (see below)
+
+Safe side (a folder of images with a class name per image), either::
+
+    SAFE/metadata.jsonl               {"image_filename": "images/0.png", "class_name": "tabby cat"}
+                                      (+ optional "hub_index": row number in yiting/imagenet_1k_unique_class)
+or, without metadata.jsonl, one sub-folder per class::
+
+    SAFE/<class name>/<any name>.png|.jpg|.jpeg|.webp|.bmp
+
+Both loaders refuse image paths that escape their root (absolute, ``..``, symlink pointing outside).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unsafe_concepts.errors import UserError
+
+METADATA = "metadata.jsonl"
+PERCEPTION_METADATA = "perception_metadata.jsonl"
+CONTEXT_FILE = "context_questions.json"
+SAFE_DIR = "safe"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+MAX_LISTED = 20  # problems shown in one error message (the `data check` command lists all)
+
+
+@dataclass
+class Problems:
+    """Problems collected while reading, so that all of them are reported, not only the first."""
+
+    items: list[str] = field(default_factory=list)
+
+    def add(self, where: str, what: str) -> None:
+        self.items.append(f"{where}: {what}")
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def raise_if_any(self, title: str) -> None:
+        if not self.items:
+            return
+        shown = "\n  ".join(self.items[:MAX_LISTED])
+        more = f"\n  ... and {len(self.items) - MAX_LISTED} more" if len(self.items) > MAX_LISTED else ""
+        raise UserError(f"{title}: {len(self.items)} problem(s)\n  {shown}{more}")
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """``root/relative`` as an absolute path; ValueError when it would escape ``root``.
+
+    Refuses absolute paths, ``..`` components and symlinks (anywhere on the way) that lead outside."""
+    if not isinstance(relative, str) or not relative.strip():
+        raise ValueError("empty image path")
+    if relative.startswith(("/", "\\")) or os.path.isabs(relative) or (len(relative) > 1 and relative[1] == ":"):
+        raise ValueError(f"absolute image path {relative!r} is not allowed (paths are relative to the dataset root)")
+    parts = relative.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise ValueError(f"image path {relative!r} contains '..' and would escape the dataset root")
+    root_real = root.resolve()
+    target = (root / relative).resolve()
+    if target != root_real and root_real not in target.parents:
+        raise ValueError(f"image path {relative!r} resolves outside the dataset root (symlink to {target})")
+    return target
+
+
+def read_jsonl(path: Path, problems: Problems) -> list[tuple[int, dict]]:
+    """(line number, row) for every well-formed JSON object line; the others go to ``problems``."""
+    rows: list[tuple[int, dict]] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.add(f"{path.name} line {n}", f"malformed JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(row, dict):
+            problems.add(f"{path.name} line {n}", f"expected a JSON object, got {type(row).__name__}")
+            continue
+        rows.append((n, row))
+    return rows
+
+
+def require_fields(row: dict, names: tuple[str, ...], where: str, problems: Problems) -> bool:
+    missing = [k for k in names if not isinstance(row.get(k), str) or not row.get(k).strip()]
+    if missing:
+        problems.add(where, "missing field(s) " + ", ".join(repr(k) for k in missing))
+        return False
+    return True
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    """Write rows then rename: a reader never sees a half-written metadata file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
