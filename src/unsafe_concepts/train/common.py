@@ -1,0 +1,427 @@
+"""Plumbing every trainer shares: the config base, the LoRA policy, prompt encoding, logging, saving.
+
+- :class:`TrainConfig`: one dataclass per trainer derives from it (TRL style); defaults follow the
+  protocol (LoRA r=128, alpha=256, dropout=0.05; 5 warm-up steps; cosine schedule).
+  :func:`config_from_file` merges a JSON/YAML file over the defaults and names unknown keys.
+- :func:`load_policy`: the model with LoRA on the *language model's* linear layers only; the vision
+  tower and the multimodal projector stay frozen (the protocol's setup).
+- :func:`encode_prompts`: chat-template encoding of (prompt, image) for VLM processors and for plain
+  text tokenizers, left-padded for generation. Text-only items given to a VLM get the protocol's
+  blank white 1000x1000 image, exactly as the text modality is evaluated.
+- :class:`TrainLogger` (JSONL, also as a ``transformers`` callback) and :func:`save_adapter` (a
+  standard PEFT adapter folder: ``unsafe-concepts evaluate --model SPEC --adapter DIR`` loads it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from unsafe_concepts.errors import UserError
+
+ADAPTER_SUBDIR = "adapter"  # <out>/adapter: the final adapter, loadable with --adapter
+LOG_FILE = "log.jsonl"
+# Module names that belong to the vision side of a VLM (never adapted) or to the output head.
+_FROZEN_PARTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "mm_projector",
+                 "image_newline", "vision_resampler", "lm_head", "embed_tokens")
+
+
+# ---------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """Settings common to every trainer. Subclasses add their own fields (see ``train/ppo.py``)."""
+
+    model: str = "smollm2-135m"  # hf:<id or path> or an offline alias (smollm2-135m, tiny-vlm)
+    data: str = "sample"  # dataset spec (folder, sample, hf) or "heldout-text"
+    safe_data: str | None = None
+    modality: str = "image"  # "image" or "text"
+    out_dir: str = "train-output"
+    seed: int = 0  # training randomness (sampling, dropout, shuffling)
+    data_seed: int = 2024  # the protocol's split / prompt-pairing seed
+    # LoRA (protocol: r=128, alpha=256, dropout=0.05; smaller is fine on CPU)
+    lora_r: int = 128
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    # optimisation
+    learning_rate: float = 3e-5
+    epochs: int = 4
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
+    warmup_steps: int = 5
+    lr_schedule: str = "cosine"  # "cosine" or "constant" (after warm-up)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_prompt_len: int = 128  # text-only models: prompts are left-truncated to this many tokens
+    # bookkeeping
+    logging_steps: int = 1
+    save_steps: int = 50  # checkpoint every N steps (resumable)
+    dtype: str | None = None  # float32 / bfloat16 / float16; default: float32 on CPU
+    device: str | None = None
+
+    def validate(self) -> None:
+        if self.modality not in ("image", "text"):
+            raise UserError(f"modality must be 'image' or 'text', got {self.modality!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise UserError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        for name in ("lora_r", "lora_alpha", "epochs", "batch_size", "grad_accum_steps", "logging_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not 0 <= self.lora_dropout < 1:
+            raise UserError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.learning_rate <= 0:
+            raise UserError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(value: Any, annotation: str, key: str, source: str) -> Any:
+    """Light type coercion for file values (YAML reads ``3e-5`` as a string)."""
+    if value is None:
+        return None
+    ann = str(annotation)
+    try:
+        if ann.startswith("bool"):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if ann.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if ann.startswith("float"):
+            return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: {key} must be {ann.split(' ')[0]}, got {value!r}") from None
+    return value
+
+
+def config_from_dict(values: dict, cls: type, *, source: str = "config") -> Any:
+    """``cls`` (a TrainConfig dataclass) with ``values`` over its defaults; unknown keys are an error."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
+                        f"valid: {', '.join(sorted(names))}")
+    hints = {k: str(v.type) for k, v in names.items()}
+    config = cls(**{k: _coerce(v, hints[k], k, source) for k, v in values.items()})
+    config.validate()
+    return config
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse error becomes a clear message
+        raise UserError(f"{path}: cannot parse trainer config: {e}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: a trainer config must be a mapping of setting -> value")
+    return values
+
+
+def config_from_file(path: str | Path, cls: type, **overrides) -> Any:
+    """Defaults of ``cls`` < the JSON/YAML file < ``overrides`` (None values are ignored)."""
+    values = read_config_file(path)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return config_from_dict(values, cls, source=str(path))
+
+
+# Which CLI flag feeds which config field (only fields the config class has are set).
+_CLI_FIELDS = {"model": "model", "data": "data", "safe_data": "safe_data", "modality": "modality",
+               "out": "out_dir", "max_steps": "max_steps", "seed": "seed", "judge": "judge",
+               "dtype": "dtype", "device": "device"}
+
+
+def config_from_args(args, cls: type, *, cli_defaults: dict | None = None) -> Any:
+    """The trainer config of a ``train`` command: defaults < ``--config`` file < explicit flags.
+
+    A flag still at its argparse default (``cli_defaults``) does not override the file, so
+    ``--config text.json`` with ``"modality": "text"`` is not silently reset to ``image``."""
+    cli_defaults = cli_defaults or {}
+    values = read_config_file(args.config) if getattr(args, "config", None) else {}
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for flag, field in _CLI_FIELDS.items():
+        if field not in fields or not hasattr(args, flag):
+            continue
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if flag in cli_defaults and value == cli_defaults[flag] and field in values:
+            continue
+        values[field] = value
+    return config_from_dict(values, cls, source=getattr(args, "config", None) or "command line")
+
+
+# ---------------------------------------------------------------------------- model
+def torch_dtype(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise UserError(f"unknown dtype {name!r}: choose float32, bfloat16 or float16")
+    return table[name]
+
+
+def is_vlm_processor(processor) -> bool:
+    """A VLM processor carries an image processor; a text model comes with a bare tokenizer."""
+    return getattr(processor, "image_processor", None) is not None
+
+
+def tokenizer_of(processor):
+    return getattr(processor, "tokenizer", processor)
+
+
+def _load_local(path: str | Path, dtype, device):
+    """Load a transformers folder directly (used until/unless the HF backend provides load_hf_model)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(path)
+    if getattr(cfg, "vision_config", None) is not None:
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        processor = AutoTokenizer.from_pretrained(path)
+    if device:
+        model.to(device)
+    return model, processor
+
+
+def load_base_model(spec: str, *, dtype: str | None = None, device: str | None = None):
+    """(model, processor) for a model spec, through the HF backend when it is installed."""
+    try:
+        from unsafe_concepts.models.hf import load_hf_model
+    except ImportError:
+        load_hf_model = None
+    if load_hf_model is not None:
+        return load_hf_model(spec, dtype=dtype, device=device)
+    # Fallback: the offline SmolLM2, hf:<local path>, or a plain local folder.
+    if spec in ("smollm2-135m", "hf:smollm2-135m"):
+        from unsafe_concepts.models.offline import smollm2_dir
+
+        return _load_local(smollm2_dir(), torch_dtype(dtype), device)
+    if spec == "tiny-vlm":
+        from unsafe_concepts.models import offline
+
+        if not hasattr(offline, "tiny_vlm_dir"):
+            raise UserError("tiny-vlm is not available in this installation (unsafe_concepts.models.offline.tiny_vlm_dir)")
+        return _load_local(offline.tiny_vlm_dir(), torch_dtype(dtype), device)
+    path = spec[3:] if spec.startswith("hf:") else spec
+    if not Path(path).exists():
+        raise UserError(f"model {spec!r}: not a local folder, and the HF backend (unsafe_concepts.models.hf) "
+                        "that resolves hub ids is not installed")
+    return _load_local(path, torch_dtype(dtype), device)
+
+
+def lora_target_regex(model) -> str:
+    """A PEFT ``target_modules`` regex naming every linear layer of the language model only."""
+    import torch.nn as nn
+
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and not any(part in name.split(".") for part in _FROZEN_PARTS)]
+    if not names:
+        raise UserError("found no linear layers in the language model to put LoRA on")
+    return "(" + "|".join(re.escape(n) for n in names) + ")"
+
+
+def prepare_processor(processor) -> None:
+    """Left padding (generation appends on the right) and a pad token."""
+    tok = tokenizer_of(processor)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+
+
+def add_lora(model, config: TrainConfig):
+    """Wrap ``model`` with a fresh trainable LoRA adapter; everything else is frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=lora_target_regex(model), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def load_policy(config: TrainConfig):
+    """(peft_model, processor): the base model with LoRA on its language model, ready to train."""
+    model, processor = load_base_model(config.model, dtype=config.dtype, device=config.device)
+    prepare_processor(processor)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    peft_model = add_lora(model, config)
+    return peft_model, processor
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------- encoding
+def chat_messages(prompt: str, *, vlm: bool) -> list[dict]:
+    """One user turn; for a VLM the image comes first, as LLaVA-style templates expect."""
+    if vlm:
+        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return [{"role": "user", "content": prompt}]
+
+
+def chat_text(processor, prompt: str) -> str:
+    """The templated prompt string, ending with the assistant's turn opener.
+
+    Mirrors the HF evaluation backend (``models/hf.py``), so the policy is trained on exactly the
+    strings it is later evaluated on: image first for VLMs, bare prompt without a template."""
+    vlm = is_vlm_processor(processor)
+    owner = processor if vlm else tokenizer_of(processor)
+    if getattr(owner, "chat_template", None):
+        return owner.apply_chat_template(chat_messages(prompt, vlm=vlm), add_generation_prompt=True, tokenize=False)
+    if vlm:  # no template (e.g. PaliGemma): the processor places image tokens itself
+        return getattr(processor, "image_token", "<image>") + prompt
+    return prompt
+
+
+def load_image(image):
+    """A path, a PIL image, or None (-> the protocol's blank white image) as an RGB PIL image."""
+    if image is None:
+        from PIL import Image
+
+        return Image.new("RGB", (1000, 1000), (255, 255, 255))
+    if isinstance(image, (str, Path)):
+        from unsafe_concepts.data.records import load_rgb
+
+        return load_rgb(image)
+    return image.convert("RGB")
+
+
+def encode_prompts(processor, prompts: Sequence[str], images: Sequence[Any] | None = None, *,
+                   max_prompt_len: int | None = None):
+    """A left-padded batch (``input_ids``, ``attention_mask``, and ``pixel_values`` for a VLM).
+
+    Text models ignore ``images``; a VLM gets each item's image, or the blank white one when None."""
+    texts = [chat_text(processor, p) for p in prompts]
+    tok = tokenizer_of(processor)
+    bos = tok.bos_token
+    # As transformers does: a template that already starts with BOS must not get a second one.
+    kwargs = {"padding": True, "return_tensors": "pt", "add_special_tokens": not (bos and texts[0].startswith(bos))}
+    if is_vlm_processor(processor):
+        imgs = [[load_image(im)] for im in (images if images is not None else [None] * len(texts))]
+        return processor(text=texts, images=imgs, **kwargs)
+    if max_prompt_len:
+        tok.truncation_side = "left"  # keep the end of the prompt: the question and the assistant turn
+        kwargs.update(truncation=True, max_length=max_prompt_len)
+    return tok(texts, **kwargs)
+
+
+# ---------------------------------------------------------------------------- schedule
+def make_scheduler(optimizer, config: TrainConfig, total_steps: int):
+    """Linear warm-up for ``warmup_steps``, then cosine decay to 0 at ``total_steps`` (or constant)."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    warmup, total = config.warmup_steps, max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if config.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------------- logging & saving
+class TrainLogger:
+    """Append-only JSONL log (``<out>/log.jsonl``): one object per logged step; resumes append."""
+
+    def __init__(self, out_dir: str | Path, filename: str = LOG_FILE):
+        self.path = Path(out_dir) / filename
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, step: int, **metrics) -> dict:
+        row = {"step": step, "time": round(time.time(), 3)}
+        row.update({k: _jsonable(v) for k, v in metrics.items()})
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def callback(self):
+        """The same log as a ``transformers.TrainerCallback`` (for TRL-based trainers)."""
+        from transformers import TrainerCallback
+
+        logger = self
+
+        class JsonlCallback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs:
+                    logger.log(state.global_step, **logs)
+
+        return JsonlCallback()
+
+
+def _jsonable(v):
+    if hasattr(v, "item") and callable(v.item):
+        try:
+            return v.item()
+        except (ValueError, RuntimeError):
+            pass
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def save_adapter(model, out_dir: str | Path, *, processor=None, extra: dict | None = None) -> Path:
+    """Save the LoRA adapter as a standard PEFT folder (adapter_config.json + adapter_model.safetensors)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    if extra:
+        (out / "training_info.json").write_text(json.dumps(extra, indent=2, default=str) + "\n", encoding="utf-8")
+    return out
+
+
+def run_record(method: str, config: TrainConfig, **extra) -> dict:
+    """What ``train.json`` holds: method, full config, seed, package versions, git commit, argv."""
+    from unsafe_concepts.runs import environment
+
+    return {"method": method, "config": config.to_dict(), "seed": config.seed, **environment(), **extra}
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    """Write atomically (a killed run never leaves half a file)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+__all__ = ["TrainConfig", "config_from_dict", "config_from_file", "config_from_args", "read_config_file",
+           "load_policy", "load_base_model", "add_lora", "lora_target_regex", "prepare_processor",
+           "is_vlm_processor", "tokenizer_of", "chat_messages", "chat_text", "encode_prompts", "load_image",
+           "make_scheduler", "TrainLogger", "save_adapter", "run_record", "write_json", "torch_dtype",
+           "trainable_parameters", "ADAPTER_SUBDIR", "LOG_FILE"]
