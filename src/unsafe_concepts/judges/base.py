@@ -30,6 +30,7 @@ class Verdict:
     label: str  # one of labels_for(task)
     confidence: float | None = None  # probability of ``label`` where the judge has one
     probs: dict[str, float] | None = None
+    reason: str | None = None  # why (rule judge: which rule fired; llm judge: unparsable output)
 
 
 class Judge(ABC):

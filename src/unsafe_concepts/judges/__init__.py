@@ -1,0 +1,58 @@
+"""Response judges: free-form answers -> verdicts (safe/unsafe/unclear, or A-D/unclear).
+
+``load_judge(name)`` names:
+- ``rule``: the careful rule reader (pure Python);
+- ``first-word``: the naive first-word baseline (for comparison only);
+- ``classifier``: the default fine-tuned MiniLM judge (trained once at setup); ``classifier:<dir>``: a given one;
+- ``roberta-ref[:<path or hub id>]``: the paper's published RoBERTa judges (state-dict checkpoints);
+- ``llm:<model spec>``: any model backend asked with a fixed rubric (e.g. ``llm:smollm2-135m``).
+"""
+from __future__ import annotations
+
+from unsafe_concepts.errors import UserError
+from unsafe_concepts.judges.base import (
+    ALIGNMENT_LABELS,
+    PERCEPTION_LABELS,
+    UNCLEAR,
+    Judge,
+    JudgeItem,
+    Verdict,
+    is_perception,
+    labels_for,
+)
+
+JUDGE_NAMES = ("rule", "first-word", "classifier", "classifier:<dir>", "roberta-ref[:<path or hub id>]",
+               "llm:<model spec>")
+
+
+def load_judge(name: str) -> Judge:
+    """A judge by name (see the module docstring)."""
+    name = (name or "").strip()
+    kind, _, arg = name.partition(":")
+    if kind == "rule" and not arg:
+        from unsafe_concepts.judges.rule import RuleJudge
+
+        return RuleJudge()
+    if kind == "first-word" and not arg:
+        from unsafe_concepts.judges.first_word import FirstWordJudge
+
+        return FirstWordJudge()
+    if kind == "classifier":
+        from unsafe_concepts.judges.classifier import ClassifierJudge, ensure_default_judge
+
+        return ClassifierJudge.load(arg or ensure_default_judge())
+    if kind == "roberta-ref":
+        from unsafe_concepts.judges.roberta_ref import RobertaRefJudge
+
+        return RobertaRefJudge.load(arg or None)
+    if kind == "llm":
+        if not arg:
+            raise UserError("llm judge needs a model spec: llm:<model spec>, e.g. llm:smollm2-135m")
+        from unsafe_concepts.judges.llm import LLMJudge
+
+        return LLMJudge.from_spec(arg)
+    raise UserError(f"unknown judge {name!r}: choose one of {', '.join(JUDGE_NAMES)}")
+
+
+__all__ = ["ALIGNMENT_LABELS", "PERCEPTION_LABELS", "UNCLEAR", "Judge", "JudgeItem", "Verdict", "is_perception",
+           "labels_for", "load_judge", "JUDGE_NAMES"]

