@@ -1,0 +1,15 @@
+"""The report: the paper's tables (Markdown, CSV), plots (PNG) and one self-contained report.html.
+
+`unsafe-concepts report RUN_DIR... --out DIR`; in Python ``build_report(run_dirs, out)``."""
+from __future__ import annotations
+
+from unsafe_concepts.report.build import GAP_PAIRS, Report, build_report, print_summary
+from unsafe_concepts.report.loading import RunData, RunProblem, load_run
+
+__all__ = ["GAP_PAIRS", "Report", "RunData", "RunProblem", "build_report", "cli_report", "load_run"]
+
+
+def cli_report(args) -> int:
+    report = build_report(args.runs, args.out, n_boot=getattr(args, "n_boot", 1000), seed=getattr(args, "seed", 0))
+    print_summary(report)
+    return 0

@@ -1,0 +1,125 @@
+"""The report from synthetic run folders with known verdicts: tables, CSV, problems, page safety."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import pytest
+from report_fixtures import BROKEN, GOOD, LLAVA, SCRIPT_ANSWER
+
+from unsafe_concepts.cli import main
+
+TINY = "tiny-vlm [untrained vision]"
+
+
+def table_rows(report, key) -> dict[str, dict]:
+    text = (report.out / f"{key}.csv").read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    return rows
+
+
+def test_files_written(built_report):
+    names = {p.name for p in built_report.out.iterdir()}
+    for stem in ("perception", "alignment_visual", "alignment_textual", "modality_gap", "context_visual",
+                 "context_textual", "context_gap", "after_training", "per_prompt", "modality_gap_concepts"):
+        assert f"{stem}.md" in names and f"{stem}.csv" in names, stem
+    assert {"report.html", "report.md", "report.json", "visual_vs_textual.png", "gap_per_concept.png",
+            "perception_vs_alignment.png"} <= names
+    for png in built_report.out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_paper_tables_have_the_hand_computed_values(built_report):
+    perception = {r["model"]: r for r in table_rows(built_report, "perception")}
+    assert float(perception[LLAVA]["Hate"]) == pytest.approx(0.75)
+    assert float(perception[LLAVA]["Violence"]) == 1.0
+    assert float(perception[LLAVA]["Overall"]) == pytest.approx(0.8)
+    assert float(perception[LLAVA]["unclear rate"]) == pytest.approx(1 / 6)
+    assert float(perception[TINY]["Overall"]) == 0.5 and perception[TINY]["Violence"] == ""
+
+    visual = {r["model"]: r for r in table_rows(built_report, "alignment_visual")}
+    assert float(visual[LLAVA]["Hate"]) == 0.5 and float(visual[LLAVA]["Overall"]) == pytest.approx(4 / 6)
+    assert int(visual[LLAVA]["n"]) == 8  # the error row is excluded
+    assert float(visual[TINY]["Overall"]) == pytest.approx(1 / 3)
+
+    gap = {r["model"]: r for r in table_rows(built_report, "modality_gap")}
+    assert list(gap) == [LLAVA]  # tiny-vlm has no textual run, so no gap
+    assert float(gap[LLAVA]["Hate"]) == pytest.approx(0.5)
+    assert float(gap[LLAVA]["Violence"]) == pytest.approx(-0.5)
+    assert float(gap[LLAVA]["Overall"]) == pytest.approx(3 / 4 - 4 / 6)
+    low, high = float(gap[LLAVA]["Overall ci_low"]), float(gap[LLAVA]["Overall ci_high"])
+    assert low < 3 / 4 - 4 / 6 < high
+
+    ctx = {(r["model"], r["context"]): r for r in table_rows(built_report, "context_gap")}
+    assert float(ctx[(LLAVA, "safe")]["Overall"]) == pytest.approx(1.0 - 0.5)
+    assert float(ctx[(LLAVA, "unsafe")]["Overall"]) == pytest.approx(0.5 - 1.0)
+
+    after = table_rows(built_report, "after_training")[0]
+    assert (float(after["Overall"]), float(after["safe half"]), float(after["unsafe half"])) == (0.75, 0.5, 1.0)
+
+
+def test_markdown_shows_intervals_and_untrained_label(built_report):
+    md = (built_report.out / "alignment_visual.md").read_text()
+    assert "| hf:llava-hf/llava-1.5-7b-hf | 0.500 [" in md
+    assert TINY in md
+    report_md = (built_report.out / "report.md").read_text()
+    assert "randomly initialised vision tower" in report_md
+    assert "0.14-0.70" in report_md  # the paper's reference range, stated by the package itself
+
+
+def test_broken_run_folders_are_named_and_skipped(built_report, run_dirs):
+    assert len(built_report.runs) == len(GOOD)
+    problems = "\n".join(built_report.problems)
+    assert len(built_report.problems) == len(BROKEN)
+    assert f"{run_dirs['unjudged']}: not judged yet" in problems
+    assert f"{run_dirs['no_responses']}: no responses.jsonl" in problems
+    assert "bad-line/responses.jsonl: line 2 is not valid JSON" in problems
+    assert f"{run_dirs['missing']}: no such run folder" in problems
+    html = built_report.html_path.read_text()
+    assert "not judged yet" in html and "does-not-exist" in html
+
+
+def test_report_json_is_strict_json(built_report):
+    data = json.loads((built_report.out / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    systems = {r["system"] for r in data["runs"]}
+    assert systems == {LLAVA, TINY}
+    assert data["gaps"][LLAVA]["general"]["per_concept"]["Swastika"]["value"] == pytest.approx(0.5)
+
+
+def test_html_is_self_contained_and_escapes_model_text(built_report):
+    html = built_report.html_path.read_text()
+    assert "<script" not in html.lower().replace("&lt;script", "")  # no script element, only escaped text
+    assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=" in html
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html
+    # no external fetches: every src/href is a data URI or an in-page anchor
+    for attr in re.findall(r'(?:src|href)="([^"]*)"', html):
+        assert attr.startswith("data:image/png;base64,") or attr.startswith("#"), attr
+    assert "/data/images/" not in html  # image paths are not shown, only ids
+    assert html.count("data:image/png;base64,") == 3
+
+
+def test_cli_report_builds_with_a_broken_folder(run_dirs, tmp_path, capsys):
+    code = main(["report", str(run_dirs["llava_visual"]), str(run_dirs["llava_textual"]), str(run_dirs["unjudged"]),
+                 "--out", str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "modality gap (general) 0.083" in captured.out
+    assert "warning: skipped" in captured.err and "not judged yet" in captured.err
+    assert (tmp_path / "r" / "report.html").exists()
+
+
+def test_cli_report_with_no_usable_folder_is_a_clear_error(run_dirs, tmp_path, capsys):
+    code = main(["report", str(run_dirs["unjudged"]), str(run_dirs["missing"]), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: no usable run folder") and "not-judged" in err and "does-not-exist" in err
+    assert "Traceback" not in err
+
+
+def test_script_answer_present_in_examples(built_report):
+    assert SCRIPT_ANSWER  # the injected answer the browser test looks for
+    html = built_report.html_path.read_text()
+    assert "I cannot &lt;b&gt;tell&lt;/b&gt; &amp; won&#x27;t" in html
