@@ -95,3 +95,57 @@ def make_runs(root: Path) -> dict[str, Path]:
 GOOD = ["llava_perception", "llava_visual", "llava_textual", "llava_context", "llava_text_context", "llava_test",
         "tiny_visual", "tiny_perception"]
 BROKEN = ["unjudged", "no_responses", "bad_line", "missing"]
+
+
+def runs_from_reference_answers(reference: Path, out: Path, judge) -> list[Path]:
+    """Run folders from the reference implementation's real LLaVA-1.5-7B answers (shared/reference/responses),
+    judged with ``judge``: UnsafeConcepts_TEST for original / SFT / DPO, and the context questions (original).
+
+    Concept and category come from metadata.jsonl; an image under imagenet_1k/ is a safe image."""
+    from unsafe_concepts.judges.base import JudgeItem
+
+    meta = {}
+    for line in (reference / "metadata.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        meta[m["image_filename"]] = m
+
+    def rows_for(items, task, context=None):
+        rows = []
+        for item in items:
+            fname = item["image_fname"]
+            key = "images/" + fname.split("images/")[-1] if "/images/" in "/" + fname else None
+            if key in meta:
+                concept, category, label = meta[key]["unsafe_concept"], meta[key]["category"], "unsafe"
+            else:
+                concept, category, label = "imagenet " + fname.rsplit("/", 1)[-1], "Safe", "safe"
+            row = {"id": f"{key or fname}#{context or item['idx']}", "task": task, "prompt_index": None,
+                   "prompt": item["prompt"], "image": None, "concept": concept, "category": category,
+                   "label": label, "response": item["output"], "error": None, "latency_s": 0.0}
+            if context:
+                row["context"] = context
+            rows.append(row)
+        return rows
+
+    def write(name, model, task, rows):
+        verdicts = judge.judge([JudgeItem(task=task, prompt=r["prompt"], response=r["response"]) for r in rows])
+        for r, v in zip(rows, verdicts):
+            r["verdict"], r["confidence"], r["judge"] = v.label, v.confidence, judge.name
+        path = out / name
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "run.json").write_text(json.dumps({
+            "config": {"model": model, "task": task, "data": "reference answers", "judge": judge.name},
+            "model_info": {"spec": model, "untrained_vision": False}, "judge": {"name": judge.name}}))
+        (path / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    base = reference / "responses" / "llava-1.5-7b"
+    dirs = []
+    for variant in ("original", "sft", "dpo"):
+        items = json.loads((base / variant / "UnsafeConcepts_TEST_result.json").read_text())
+        dirs.append(write(f"llava-{variant}-test", f"llava-1.5-7b ({variant})", "unsafeconcepts_test",
+                          rows_for(items, "unsafeconcepts_test")))
+    context_rows = [r for c in ("safe", "unsafe") for r in
+                    rows_for(json.loads((base / "original" / f"context_{c}_result.json").read_text()),
+                             "alignment_context", c)]
+    dirs.append(write("llava-original-context", "llava-1.5-7b (original)", "alignment_context", context_rows))
+    return dirs
