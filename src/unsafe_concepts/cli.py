@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables, plots and a self-contained report.html from run folders")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True)
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.set_defaults(func=_handler("unsafe_concepts.report:cli_report"))
 
     # train
