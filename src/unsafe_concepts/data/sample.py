@@ -29,7 +29,7 @@ from unsafe_concepts.data.layout import CONTEXT_FILE, METADATA, SAFE_DIR, write_
 from unsafe_concepts.errors import UserError
 from unsafe_concepts.taxonomy import CATEGORIES, TAXONOMY
 
-SAMPLE_VERSION = 1
+SAMPLE_VERSION = 2
 INFO_FILE = "sample_info.json"
 IMAGES_PER_CONCEPT = 5
 SIZE = 224
@@ -162,11 +162,12 @@ def safe_photo_variants(name: str, count: int):
     rng = random.Random(f"{SEED}:{name}")
     side = min(w, h)
     box = ((w - side) // 2, (h - side) // 2)
-    yield photo.crop((*box, box[0] + side, box[1] + side)).resize((SIZE, SIZE), Image.BICUBIC), "centre square"
+    square = photo.crop((*box, box[0] + side, box[1] + side))
+    yield square.resize((SIZE, SIZE), Image.BILINEAR, reducing_gap=2.0), "centre square"
     for _ in range(count - 1):
         s = int(side * rng.uniform(0.45, 0.9))
         x0, y0 = rng.randint(0, w - s), rng.randint(0, h - s)
-        crop = photo.crop((x0, y0, x0 + s, y0 + s)).resize((SIZE, SIZE), Image.BICUBIC)
+        crop = photo.crop((x0, y0, x0 + s, y0 + s)).resize((SIZE, SIZE), Image.BILINEAR, reducing_gap=2.0)
         flip = rng.random() < 0.5
         if flip:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
@@ -205,7 +206,8 @@ def write_sample(out: Path, *, typographic: bool = False, progress: bool = False
         for ci, concept in enumerate(concepts):
             for v in range(IMAGES_PER_CONCEPT):
                 rel = f"images/{index}.png"
-                placeholder_image(category, ci, v, text=concept if typographic else None).save(out / rel, optimize=True)
+                image = placeholder_image(category, ci, v, text=concept if typographic else None)
+                image.save(out / rel, compress_level=6)
                 row = {"image_filename": rel, "category": category, "unsafe_concept": concept, "synthetic": True,
                        "kind": "typographic placeholder" if typographic else "abstract placeholder"}
                 rows.append(row)
