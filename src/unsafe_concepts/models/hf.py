@@ -1,0 +1,450 @@
+"""Local models through transformers: any image-text-to-text VLM, or a text-only causal LM.
+
+``load_hf_model`` is the one loader (the trainers use it too); ``HFBackend`` answers batches of
+queries with ONE ``generate`` call per batch (left padding), which is what makes it several times
+faster than asking one query at a time as the reference code does.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from unsafe_concepts.errors import UserError
+from unsafe_concepts.models.base import Generation, GenerationConfig, ModelBackend, Query
+
+#: A model folder may carry this file to label itself (e.g. tiny-vlm: untrained vision tower);
+#: its keys are copied into ``describe()`` so every run record shows the label.
+LABEL_FILE = "unsafe_concepts_model.json"
+
+DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}
+
+# Prompts are rebuilt at most this often when they must be shortened to fit the context window.
+_TRUNCATION_ROUNDS = 4
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_source(spec_or_path: str | Path) -> str:
+    """``hf:<id or path>``, an offline alias, a local folder or a hub id -> what ``from_pretrained`` takes."""
+    from unsafe_concepts.models import offline
+
+    spec = str(spec_or_path)
+    if spec.startswith("hf:"):
+        spec = spec[3:]
+        if not spec:
+            raise UserError("empty model after 'hf:': give a hub id (org/name) or a local folder")
+    if spec == offline.SMOLLM2:
+        return str(offline.smollm2_dir())
+    if spec == offline.TINY_VLM:
+        return str(offline.tiny_vlm_dir())
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise UserError(f"model folder {path} has no config.json (expected a transformers model folder)")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise UserError(f"model folder not found: {spec}")
+    return spec  # a hub id: from_pretrained downloads it (or finds it in the HF cache)
+
+
+def pick_device(device: str | None = None) -> "torch.device":
+    """The override if given (checked), else cuda > mps > cpu."""
+    import torch
+
+    if device:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as e:
+            raise UserError(f"invalid --device {device!r}: {e}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available on this machine")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise UserError(f"--device {device}: MPS is not available on this machine")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str | None, device: "torch.device") -> "torch.dtype":
+    """The override if given, else bf16 on CUDA that supports it, fp16 on other CUDA, fp32 elsewhere.
+
+    MPS stays fp32 by default: half precision there is uneven across ops; pass --dtype float16 to try."""
+    import torch
+
+    if dtype and dtype != "auto":
+        name = DTYPE_NAMES.get(str(dtype).lower())
+        if name is None:
+            raise UserError(f"invalid --dtype {dtype!r}: choose float32, bfloat16 or float16")
+        return getattr(torch, name)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _is_vlm_config(config) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
+def load_hf_model(
+    spec_or_path: str | Path,
+    *,
+    dtype: str | None = None,
+    device: str | None = None,
+    adapter: str | Path | None = None,
+    adapter_trainable: bool = False,
+):
+    """Load a model and its processor: ``(model, processor)``, model in eval mode on the chosen device.
+
+    VLMs (a config known to ``AutoModelForImageTextToText`` whose folder has an image processor)
+    come with an ``AutoProcessor``; text-only LMs with an ``AutoTokenizer``. The tokenizer pads on
+    the left (generation). ``adapter`` loads a PEFT adapter on top (frozen unless
+    ``adapter_trainable``)."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    source = resolve_source(spec_or_path)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {spec_or_path!r}: {e}") from None
+
+    processor = None
+    if _is_vlm_config(config):
+        try:
+            processor = AutoProcessor.from_pretrained(source)
+        except (OSError, ValueError, TypeError) as e:
+            raise UserError(f"cannot load the processor of {spec_or_path!r}: {e}") from None
+        if getattr(processor, "image_processor", None) is None:
+            processor = None  # a VLM architecture shipped without an image processor: use it as text-only
+    try:
+        if processor is not None:
+            model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+            processor = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {spec_or_path!r}: {e}") from None
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer.padding_side = "left"  # generation continues from the right end of every row
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(dev)
+    model.eval()
+    if adapter:
+        model = _load_adapter(model, adapter, trainable=adapter_trainable)
+    return model, processor
+
+
+def _load_adapter(model, adapter: str | Path, *, trainable: bool):
+    from peft import PeftModel
+
+    path = Path(adapter).expanduser()
+    if path.exists() and not (path / "adapter_config.json").exists():
+        raise UserError(f"adapter folder {path} has no adapter_config.json (expected a PEFT adapter)")
+    try:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise UserError(f"cannot load adapter {adapter!r} on this model: {e}") from None
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class HFBackend(ModelBackend):
+    """A transformers model answering queries in batches; errors stay with their own query."""
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        adapter: str | Path | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+        batch_size: int = 16,
+        merge_adapter: bool = True,
+    ):
+        self.spec = spec
+        self.adapter = str(adapter) if adapter else None
+        self.source = resolve_source(spec)
+        self.model, self.processor = load_hf_model(spec, dtype=dtype, device=device, adapter=adapter)
+        if adapter and merge_adapter:
+            # Inference only: folding the LoRA weights in makes generation as fast as the base model.
+            self.model = self.model.merge_and_unload()
+        self.batch_size = max(1, int(batch_size))
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.supports_images = self.processor is not self.tokenizer
+        self.labels = _read_labels(self.source)
+        self.max_positions = _max_positions(self.model.config)
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self._placeholders = self._multimodal_placeholders()
+
+    # ---- public
+
+    def describe(self) -> dict:
+        cfg = self.model.config
+        out = {
+            "backend": "hf",
+            "spec": self.spec,
+            "source": self.source,
+            "adapter": self.adapter,
+            "architecture": (cfg.architectures or [type(self.model).__name__])[0],
+            "model_type": cfg.model_type,
+            "supports_images": self.supports_images,
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+            "device": str(self.model.device),
+            "revision": getattr(cfg, "_commit_hash", None),
+            "batch_size": self.batch_size,
+            "untrained_vision": False,
+        }
+        out.update(self.labels)
+        return out
+
+    def generate(self, queries: list[Query], config: GenerationConfig) -> list[Generation]:
+        results: list[Generation | None] = [None] * len(queries)
+        for start in range(0, len(queries), self.batch_size):
+            chunk = list(range(start, min(start + self.batch_size, len(queries))))
+            # Image and text-only queries cannot share one processor call; a mixed chunk becomes two.
+            with_image = [i for i in chunk if queries[i].image is not None]
+            text_only = [i for i in chunk if queries[i].image is None]
+            for group in (with_image, text_only):
+                if group:
+                    for i, gen in zip(group, self._generate_group([queries[i] for i in group], config)):
+                        results[i] = gen
+        return results  # type: ignore[return-value]
+
+    # ---- one batch
+
+    def _generate_group(self, queries: list[Query], config: GenerationConfig) -> list[Generation]:
+        """One generate call for the whole group; if it fails, each query alone (so only bad ones fail)."""
+        out: list[Generation | None] = [None] * len(queries)
+        items: list[tuple[int, str, Any]] = []  # (position, prompt, image)
+        for pos, q in enumerate(queries):
+            try:
+                items.append((pos, self._check_prompt(q), self._load_image(q)))
+            except UserError as e:
+                out[pos] = Generation(text=None, error=str(e))
+        if items:
+            try:
+                for pos, gen in zip([p for p, _, _ in items], self._run_batch(items, queries, config)):
+                    out[pos] = gen
+            except Exception as batch_error:  # noqa: BLE001 - isolate the failing item below
+                if len(items) == 1:
+                    out[items[0][0]] = Generation(text=None, error=_describe_error(batch_error))
+                else:
+                    for item in items:
+                        try:
+                            out[item[0]] = self._run_batch([item], queries, config)[0]
+                        except Exception as e:  # noqa: BLE001 - the error belongs to this item only
+                            out[item[0]] = Generation(text=None, error=_describe_error(e))
+        return out  # type: ignore[return-value]
+
+    def _run_batch(self, items, queries: list[Query], config: GenerationConfig) -> list[Generation]:
+        import torch
+
+        t0 = time.perf_counter()
+        results: dict[int, Generation] = {}
+        inputs, kept = self._encode_fitting(items, config, results)
+        if kept:
+            seed = _batch_seed(config.seed, [queries[p].id for p, _, _ in kept])
+            torch.manual_seed(seed)
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, generation_config=self._gen_config(config))
+            new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
+            per_item = (time.perf_counter() - t0) / len(items)
+            for (pos, _, _), ids in zip(kept, new_tokens):
+                n = _length_until_eos(ids, self.eos_ids)
+                text = self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+                results[pos] = Generation(text=text, latency_s=per_item, n_tokens=n)
+        per_item = (time.perf_counter() - t0) / len(items)
+        for pos in results:
+            results[pos].latency_s = per_item
+        return [results[pos] for pos, _, _ in items]
+
+    def _encode_fitting(self, items, config: GenerationConfig, failed: dict[int, Generation]):
+        """Encode the batch; shorten prompts (from the start) that leave no room for the answer.
+
+        The chat template and the image tokens stay intact: only the user's text is cut, keeping
+        its end (the question). An item that cannot fit even so fails alone."""
+        items = list(items)
+        cap = None if self.max_positions is None else self.max_positions - config.max_new_tokens
+        if cap is not None and cap <= 0:
+            raise UserError(
+                f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt: "
+                f"the model takes at most {self.max_positions} positions")
+        for _ in range(_TRUNCATION_ROUNDS):
+            inputs = self._encode(items)
+            if cap is None:
+                return inputs, items
+            lengths = inputs["attention_mask"].sum(dim=1).tolist()
+            over = {k: n - cap for k, n in enumerate(lengths) if n > cap}
+            if not over:
+                return inputs, items
+            for k, excess in over.items():
+                pos, prompt, image = items[k]
+                items[k] = (pos, self._cut_start(prompt, excess), image)
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        fitting = []
+        for item, n in zip(items, lengths):
+            if n > cap:
+                failed[item[0]] = Generation(text=None, error=(
+                    f"prompt too long: {n} tokens even after truncating its text; the model takes "
+                    f"{self.max_positions} positions including {config.max_new_tokens} new tokens"))
+            else:
+                fitting.append(item)
+        return (self._encode(fitting) if fitting else None), fitting
+
+    def _cut_start(self, prompt: str, excess: int) -> str:
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        keep = max(0, len(ids) - excess - 2)  # a small margin: re-tokenising the cut can merge tokens
+        return self.tokenizer.decode(ids[len(ids) - keep:], skip_special_tokens=False) if keep else ""
+
+    def _encode(self, items):
+        texts = [self._chat_text(prompt, image is not None) for _, prompt, image in items]
+        bos = self.tokenizer.bos_token
+        # As transformers does: a template that already starts with BOS must not get a second one.
+        add_special = not (bos and texts[0].startswith(bos))
+        kwargs = {"padding": True, "return_tensors": "pt", "add_special_tokens": add_special}
+        if self.supports_images:
+            images = [[image] for _, _, image in items] if items[0][2] is not None else None
+            inputs = self.processor(text=texts, images=images, **kwargs)
+        else:
+            inputs = self.tokenizer(texts, **kwargs)
+        return inputs.to(self.model.device)
+
+    def _chat_text(self, prompt: str, with_image: bool) -> str:
+        """The query as the model expects it: its chat template, the image first (as in LLaVA)."""
+        if self.supports_images:
+            content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
+            if getattr(self.processor, "chat_template", None):
+                messages = [{"role": "user", "content": content}]
+                return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            # No template (e.g. PaliGemma): the processor places image tokens and BOS itself.
+            token = getattr(self.processor, "image_token", "<image>")
+            return (token if with_image else "") + prompt
+        if self.tokenizer.chat_template:
+            messages = [{"role": "user", "content": prompt}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt  # a base LM without a chat template gets the bare prompt
+
+    def _gen_config(self, config: GenerationConfig):
+        gen = self.model.generation_config.__class__.from_dict(self.model.generation_config.to_dict())
+        sample = config.do_sample and config.temperature > 0
+        gen.max_new_tokens = config.max_new_tokens
+        gen.do_sample = sample
+        # Sampling keeps the model's own top_k (as the reference code's HF generate did).
+        gen.temperature = config.temperature if sample else None
+        gen.top_p = config.top_p if sample else None
+        if not sample:
+            gen.top_k = None
+        gen.pad_token_id = self.tokenizer.pad_token_id
+        gen.eos_token_id = sorted(self.eos_ids) or None
+        gen.max_length = None
+        return gen
+
+    # ---- per-query checks
+
+    def _check_prompt(self, q: Query) -> str:
+        if not isinstance(q.prompt, str) or not q.prompt.strip():
+            raise UserError(f"query {q.id}: empty prompt")
+        for token in self._placeholders:
+            if token in q.prompt:
+                raise UserError(f"query {q.id}: the prompt contains the model's placeholder token {token!r}")
+        return q.prompt
+
+    def _load_image(self, q: Query):
+        if q.image is None:
+            return None
+        if not self.supports_images:
+            raise UserError(
+                f"query {q.id}: model {self.spec} is text-only and cannot take an image "
+                "(ask text-only tasks, or use a vision-language model)")
+        from PIL import Image
+
+        from unsafe_concepts.data.records import load_rgb
+
+        if isinstance(q.image, Image.Image):
+            try:
+                return q.image.convert("RGB")
+            except (OSError, ValueError) as e:
+                raise UserError(f"query {q.id}: unreadable image: {e}") from None
+        return load_rgb(q.image, f"query {q.id}")
+
+    def _multimodal_placeholders(self) -> list[str]:
+        if not self.supports_images:
+            return []
+        tokens = getattr(self.processor, "all_special_multimodal_tokens", None) or []
+        image_token = getattr(self.processor, "image_token", None)
+        return sorted({t for t in [*tokens, image_token] if isinstance(t, str) and t})
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read_labels(source: str) -> dict:
+    path = Path(source) / LABEL_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {}
+
+
+def _max_positions(config) -> int | None:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for cfg in (text, config):
+        value = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    for value in eos if isinstance(eos, (list, tuple)) else [eos]:
+        if value is not None:
+            ids.add(int(value))
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def _length_until_eos(ids: list[int], eos_ids: set[int]) -> int:
+    """Generated tokens up to and including the first end-of-sequence (padding after it excluded)."""
+    for k, token in enumerate(ids):
+        if token in eos_ids:
+            return k + 1
+    return len(ids)
+
+
+def _batch_seed(seed: int, ids: list[str]) -> int:
+    """A seed per batch from the run seed and the query ids: reruns (and resumes) repeat exactly,
+    while different batches do not reuse one random stream."""
+    digest = hashlib.sha256(f"{seed}|{'|'.join(ids)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _describe_error(e: Exception) -> str:
+    return str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"

@@ -1,0 +1,42 @@
+"""Model specs -> backends: ``hf:<hub id or path>``, ``openai:<model>``, and the offline aliases."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from unsafe_concepts.errors import UserError
+from unsafe_concepts.models.base import ModelBackend
+from unsafe_concepts.models.offline import OFFLINE_ALIASES
+
+VALID_FORMS = (
+    "hf:<hub id or local folder> (any transformers image-text-to-text model, or a text-only causal LM)",
+    "openai:<model> (an OpenAI-compatible server; see --base-url and --api-key-env)",
+    *(f"{alias} (offline)" for alias in OFFLINE_ALIASES),
+)
+
+
+def load_model(
+    spec: str,
+    *,
+    adapter: str | Path | None = None,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    dtype: str | None = None,
+    device: str | None = None,
+    concurrency: int = 8,
+) -> ModelBackend:
+    """The backend a model spec names. Unknown specs raise a UserError listing the valid forms."""
+    spec = (spec or "").strip()
+    if spec.startswith("openai:"):
+        if adapter:
+            raise UserError("--adapter applies to hf: models only (an openai: model is served elsewhere)")
+        model = spec[len("openai:"):]
+        if not model:
+            raise UserError("empty model name after 'openai:'")
+        from unsafe_concepts.models.openai_compat import OpenAIBackend  # lazy: httpx only when needed
+
+        return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency)
+    if spec.startswith("hf:") or spec in OFFLINE_ALIASES:
+        from unsafe_concepts.models.hf import HFBackend  # lazy: torch/transformers only when needed
+
+        return HFBackend(spec, adapter=adapter, dtype=dtype, device=device)
+    raise UserError(f"unknown model spec {spec!r}; valid forms: " + "; ".join(VALID_FORMS))
