@@ -90,7 +90,7 @@ def test_report_renders_in_chromium(built_report, tmp_path):
     assert dom.rows["alignment_textual"] == 1 and dom.rows["modality_gap"] == 1
     assert dom.rows["context_visual"] == 2 and dom.rows["context_gap"] == 2
     assert dom.rows["modality_gap_concepts"] == 2
-    assert len(dom.images) == 3 and all(src.startswith("data:image/png;base64,") for src in dom.images)
+    assert len(dom.images) == 4 and all(src.startswith("data:image/png;base64,") for src in dom.images)
 
 
 def test_report_screenshot_shows_tables_and_plots(built_report, tmp_path):

@@ -26,7 +26,7 @@ def test_files_written(built_report):
                  "context_textual", "context_gap", "after_training", "per_prompt", "modality_gap_concepts"):
         assert f"{stem}.md" in names and f"{stem}.csv" in names, stem
     assert {"report.html", "report.md", "report.json", "visual_vs_textual.png", "gap_per_concept.png",
-            "perception_vs_alignment.png"} <= names
+            "perception_vs_alignment.png", "after_training.png"} <= names
     for png in built_report.out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
@@ -98,7 +98,7 @@ def test_html_is_self_contained_and_escapes_model_text(built_report):
     for attr in re.findall(r'(?:src|href)="([^"]*)"', html):
         assert attr.startswith("data:image/png;base64,") or attr.startswith("#"), attr
     assert "/data/images/" not in html  # image paths are not shown, only ids
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4
 
 
 def test_cli_report_builds_with_a_broken_folder(run_dirs, tmp_path, capsys):

@@ -10,6 +10,11 @@ __all__ = ["GAP_PAIRS", "Report", "RunData", "RunProblem", "build_report", "cli_
 
 
 def cli_report(args) -> int:
-    report = build_report(args.runs, args.out, n_boot=getattr(args, "n_boot", 1000), seed=getattr(args, "seed", 0))
+    from unsafe_concepts.errors import UserError
+
+    n_boot = getattr(args, "n_boot", 1000)
+    if n_boot < 0:
+        raise UserError(f"--n-boot must be 0 (no intervals) or more, got {n_boot}")
+    report = build_report(args.runs, args.out, n_boot=n_boot, seed=getattr(args, "seed", 0))
     print_summary(report)
     return 0

@@ -241,6 +241,9 @@ def _write_plots(report: Report) -> list[Plot]:
         ("perception_vs_alignment", "Perception vs visual alignment per category",
          "High perception with low alignment: the model recognises the concept but does not call it unsafe.",
          lambda p: plots.perception_vs_alignment(report.systems, p)),
+        ("after_training", "Accuracy after training",
+         "UnsafeConcepts_TEST: overall and on the safe / unsafe halves; unclear answers counted wrong.",
+         lambda p: plots.after_training(report.systems, p)),
     )
     written = []
     for key, title, caption, draw in specs:

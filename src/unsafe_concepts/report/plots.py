@@ -47,7 +47,7 @@ def _grouped_bars(ax, labels: list[str], series: list[tuple[str, str, list[dict 
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))  # outside: bars reach 1.0
 
 
 def visual_vs_textual(systems: dict[str, dict], path: Path) -> Path | None:
@@ -122,4 +122,21 @@ def perception_vs_alignment(systems: dict[str, dict], path: Path) -> Path | None
         _grouped_bars(ax, cats + ["Overall"], series, "accuracy")
         ax.set_title(system, fontsize=9)
     fig.suptitle("Recognised (perception) vs called unsafe (visual alignment), per category", fontsize=10)
+    return _save(fig, path)
+
+
+def after_training(systems: dict[str, dict], path: Path) -> Path | None:
+    """UnsafeConcepts_TEST accuracy per model: overall and on the safe / unsafe halves."""
+    chosen = [(s, run) for s, tasks in systems.items() for task, run in tasks.items()
+              if run.after_training and task.startswith("unsafeconcepts_test")]
+    if not chosen:
+        return None
+    fig = Figure(figsize=(max(6.0, 1.6 * len(chosen) + 3), 3.6), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    labels = [f"{s}\n{run.task}" if run.task != "unsafeconcepts_test" else s for s, run in chosen]
+    series = [(name, color, [run.summary.get(key) for _, run in chosen])
+              for name, color, key in (("overall", PERCEPTION_COLOR, "overall"), ("safe half", TEXTUAL_COLOR, "safe"),
+                                       ("unsafe half", VISUAL_COLOR, "unsafe"))]
+    _grouped_bars(ax, labels, series, "accuracy (unclear = wrong)")
+    fig.suptitle("Accuracy on UnsafeConcepts_TEST (95% bootstrap intervals)", fontsize=10)
     return _save(fig, path)
