@@ -123,3 +123,23 @@ def test_script_answer_present_in_examples(built_report):
     assert SCRIPT_ANSWER  # the injected answer the browser test looks for
     html = built_report.html_path.read_text()
     assert "I cannot &lt;b&gt;tell&lt;/b&gt; &amp; won&#x27;t" in html
+
+
+def test_repeated_runs_stay_separate_and_torn_last_line_is_noted(tmp_path):
+    from report_fixtures import rows_of, write_run
+
+    from unsafe_concepts.report import build_report
+
+    a = write_run(tmp_path / "a", "smollm2-135m", "alignment_text_only", rows_of("Swastika", "Hate", ["unsafe"]))
+    b = write_run(tmp_path / "b", "smollm2-135m", "alignment_text_only", rows_of("Swastika", "Hate", ["safe", "safe"]))
+    c = write_run(tmp_path / "c", "smollm2-135m", "alignment_text_only", rows_of("Swastika", "Hate", ["unsafe"]),
+                  data="/data/full")
+    with open(b / "responses.jsonl", "a") as f:
+        f.write('{"id": "torn", "verd')  # a run killed mid-write
+    report = build_report([a, b, c], tmp_path / "out", n_boot=50)
+    systems = [r.system for r in report.runs]
+    assert systems == ["smollm2-135m @ sample", "smollm2-135m @ sample (b)", "smollm2-135m @ /data/full"]
+    assert [r.summary["overall"]["value"] for r in report.runs] == [1.0, 0.0, 1.0]
+    assert any("repeats model" in n for n in report.notes)
+    assert any("last line of responses.jsonl is incomplete" in n for n in report.notes)
+    assert not report.problems
