@@ -1,0 +1,141 @@
+"""What the TRL-based baselines (SFT, DPO, GRPO) share: the policy, the dataset, the TRL arguments,
+resuming, and the saved adapter.
+
+The policy is ``train.common.load_policy`` (the same LoRA on the language model as PPO, vision
+tower and projector frozen) handed to TRL as a ready ``PeftModel``. Prompts are rendered with
+``train.common.chat_text`` *before* TRL sees them (TRL's "standard" prompt-completion format), so
+training uses exactly the string the evaluation backend sends; TRL only tokenises, masks the
+prompt out of the loss, and (for VLMs) runs the processor on the image. Text-modality items given
+to a VLM carry the protocol's blank white image, as the text modality is evaluated.
+
+Output folder layout (the same as PPO's):
+``<out>/adapter_config.json`` + ``adapter_model.safetensors`` (the final PEFT adapter at the top
+of the folder: ``unsafe-concepts evaluate --model SPEC --adapter <out>``),
+``<out>/checkpoints/checkpoint-N`` (TRL checkpoints; a rerun resumes from the last one),
+``<out>/log.jsonl`` (one JSON object per logged step), ``<out>/train.json`` (method, config,
+versions, items).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from unsafe_concepts.errors import UserError
+from unsafe_concepts.train import common
+
+CHECKPOINT_SUBDIR = "checkpoints"
+# argparse defaults of `unsafe-concepts train`: a flag left at its default does not override --config
+CLI_DEFAULTS = {"data": "sample", "modality": "image", "judge": "classifier", "seed": 0}
+
+
+def resolve_config(args_or_config, cls: type):
+    """A config instance as is, an argparse Namespace from the CLI, or a dict of settings -> ``cls``."""
+    if isinstance(args_or_config, cls):
+        args_or_config.validate()
+        return args_or_config
+    if isinstance(args_or_config, dict):
+        return common.config_from_dict(args_or_config, cls)
+    if isinstance(args_or_config, argparse.Namespace):
+        return common.config_from_args(args_or_config, cls, cli_defaults=CLI_DEFAULTS)
+    raise UserError(f"expected a {cls.__name__}, a dict or command-line arguments, got {type(args_or_config).__name__}")
+
+
+def load_train_items(config) -> list:
+    from unsafe_concepts.train.data import load_items
+
+    items = load_items(config.data, modality=config.modality, split="train", safe=config.safe_data,
+                       seed=config.data_seed)
+    if not items:
+        raise UserError(f"no training items in {config.data!r}")
+    return items
+
+
+def eos_token(processor) -> str:
+    tok = common.tokenizer_of(processor)
+    if not tok.eos_token:
+        raise UserError("the tokenizer has no EOS token: the model could not learn to stop answering")
+    return tok.eos_token
+
+
+def to_dataset(rows: list[dict], processor, *, answer_keys: tuple[str, ...]):
+    """A ``datasets.Dataset`` in TRL's standard format: ``prompt`` rendered with the chat template,
+    each answer column ending in EOS (the model must learn to stop; TRL adds EOS itself only on
+    the text path), and an ``image`` column for VLMs (PIL; blank white for text items)."""
+    from datasets import Dataset
+
+    vlm = common.is_vlm_processor(processor)
+    eos = eos_token(processor)
+    records = []
+    for row in rows:
+        rec = {"prompt": common.chat_text(processor, row["prompt"])}
+        for key in answer_keys:
+            rec[key] = row[key] if row[key].endswith(eos) else row[key] + eos
+        if vlm:
+            rec["image"] = common.load_image(row.get("image"))
+        records.append(rec)
+    return Dataset.from_list(records)
+
+
+def trl_args(config, cls, **method_kwargs):
+    """The TRL config (``cls``: trl.SFTConfig / DPOConfig / GRPOConfig) from our config."""
+    dtype = (config.dtype or "").lower()
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(Path(config.out_dir) / CHECKPOINT_SUBDIR),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum_steps,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type="cosine" if config.lr_schedule == "cosine" else "constant_with_warmup",
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=dtype in ("bfloat16", "bf16"),
+        fp16=dtype in ("float16", "fp16"),
+        gradient_checkpointing=getattr(config, "gradient_checkpointing", False),
+        report_to=[],
+        remove_unused_columns=False,  # the image column and GRPO's label column must reach the collator
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    if getattr(config, "deepspeed", None):
+        kwargs["deepspeed"] = config.deepspeed
+    kwargs.update(method_kwargs)
+    return cls(**kwargs)
+
+
+def last_checkpoint(out_dir: str | Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = Path(out_dir) / CHECKPOINT_SUBDIR
+    return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+
+
+def run(trainer, config, method: str, *, n_items: int, quiet: bool = False) -> dict:
+    """Train (resuming from the last checkpoint in ``<out>/checkpoints``), then save the adapter and
+    ``train.json``; returns the record written to ``train.json``."""
+    out = Path(config.out_dir)
+    resume = last_checkpoint(out)
+    if resume and not quiet:
+        print(f"resuming {method} from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    model = trainer.model
+    if "ref" in getattr(model, "peft_config", {}):  # DPO's frozen copy of the initial adapter: not part of the result
+        model.delete_adapter("ref")
+        model.set_adapter("default")
+    adapter = common.save_adapter(model, out)
+    record = common.run_record(method, config, n_items=n_items, resumed_from=resume,
+                               global_step=trainer.state.global_step,
+                               train_metrics={k: v for k, v in (result.metrics or {}).items()})
+    record["adapter"] = str(adapter)
+    common.write_json(out / "train.json", record)
+    if not quiet:
+        print(f"{method}: {trainer.state.global_step} steps; adapter saved to {adapter}")
+    return record
