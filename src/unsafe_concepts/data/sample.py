@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import uuid
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -256,24 +257,44 @@ def _is_current(folder: Path) -> bool:
 
 
 def ensure_sample() -> Path:
-    """The default sample under ``paths.home()/"sample"``: generated once (atomically), then reused."""
+    """The default sample under ``paths.home()/"sample"``: generated once (atomically), then reused.
+
+    Generated into a temporary folder and renamed into place; an exclusive lock on a file beside it
+    makes concurrent processes (parallel test runs) wait for one generation instead of racing."""
     final = paths.home() / "sample"
     if _is_current(final):
         return final
-    tmp = final.parent / f".sample-{uuid.uuid4().hex}.tmp"
-    try:
-        write_sample(tmp)
-        if final.exists():  # an older version or a broken folder: move it away, then replace
-            old = final.parent / f".sample-old-{uuid.uuid4().hex}"
-            os.rename(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(tmp, final)
-    except OSError as e:
-        if not _is_current(final):  # not a lost race with another process: a real failure
+    with _lock(final.parent / ".sample.lock"):
+        if _is_current(final):  # another process made it while we waited
+            return final
+        tmp = final.parent / f".sample-{uuid.uuid4().hex}.tmp"
+        try:
+            write_sample(tmp)
+            if final.exists():  # an older version or a broken folder: move it away, then replace
+                old = final.parent / f".sample-old-{uuid.uuid4().hex}"
+                os.rename(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.rename(tmp, final)
+        except OSError as e:
             raise UserError(f"could not write the offline sample to {final}: {e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+@contextmanager
+def _lock(path: Path):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; the rename still keeps readers from half-written folders
+        yield
+        return
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def cli_sample(args) -> int:
