@@ -14,7 +14,7 @@ from unsafe_concepts.cli import main
 TINY = "tiny-vlm [untrained vision]"
 
 
-def table_rows(report, key) -> dict[str, dict]:
+def table_rows(report, key) -> list[dict]:
     text = (report.out / f"{key}.csv").read_text()
     rows = list(csv.DictReader(io.StringIO(text)))
     return rows
