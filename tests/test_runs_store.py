@@ -41,6 +41,8 @@ def test_different_configuration_is_refused_and_names_the_difference(tmp_path):
     RunStore(tmp_path).open(_config())
     with pytest.raises(UserError, match=r"task: run has 'alignment_text_only', you asked 'perception'"):
         RunStore(tmp_path).open(_config(task="perception"))
+    with pytest.raises(UserError, match="limit"):
+        RunStore(tmp_path).open(_config(limit=5))  # no limit before: shrinking is refused
     # settings that do not change the rows may differ on resumption
     record = RunStore(tmp_path).open(_config(batch_size=32, judge="rule"))
     assert record["config"]["batch_size"] == 32 and "resumed" in record

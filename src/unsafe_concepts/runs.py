@@ -30,9 +30,9 @@ from unsafe_concepts.errors import UserError
 RESPONSES, RUN_JSON, METRICS = "responses.jsonl", "run.json", "metrics.json"
 
 # Settings that change what the rows mean. Batch size, concurrency, device and the judge do not:
-# they may differ between a run and its resumption.
-IDENTITY_KEYS = ("model", "adapter", "task", "data", "safe_data", "context_file", "split", "limit", "prompts",
-                 "generation")
+# they may differ between a run and its resumption. ``--limit`` may grow (the seeded selection of a
+# larger limit contains the smaller one), never shrink.
+IDENTITY_KEYS = ("model", "adapter", "task", "data", "safe_data", "context_file", "split", "prompts", "generation")
 
 
 @dataclass
@@ -110,6 +110,9 @@ class RunStore:
             old = {k: record.get("config", {}).get(k) for k in IDENTITY_KEYS}
             new = config.identity()
             diff = {k: (old[k], new[k]) for k in IDENTITY_KEYS if _norm(old[k]) != _norm(new[k])}
+            old_limit = record["config"].get("limit")
+            if old_limit is None and config.limit is not None or (config.limit or 0) < (old_limit or 0):
+                diff["limit"] = (old_limit, config.limit)
             if diff:
                 lines = "\n".join(f"  {k}: run has {a!r}, you asked {b!r}" for k, (a, b) in diff.items())
                 raise UserError(f"{self.dir} holds a run with a different configuration:\n{lines}\n"
