@@ -58,17 +58,23 @@ def eos_token(processor) -> str:
     return tok.eos_token
 
 
-def to_dataset(rows: list[dict], processor, *, answer_keys: tuple[str, ...]):
+def to_dataset(rows: list[dict], processor, *, answer_keys: tuple[str, ...], conversational_vlm: bool = False):
     """A ``datasets.Dataset`` in TRL's standard format: ``prompt`` rendered with the chat template,
     each answer column ending in EOS (the model must learn to stop; TRL adds EOS itself only on
-    the text path), and an ``image`` column for VLMs (PIL; blank white for text items)."""
+    the text path), and an ``image`` column for VLMs (PIL; blank white for text items).
+
+    ``conversational_vlm``: for a VLM, give the prompt as one user message instead (TRL's GRPO insists
+    on that for images); TRL then puts the image first and applies the same chat template."""
     from datasets import Dataset
 
     vlm = common.is_vlm_processor(processor)
     eos = eos_token(processor)
     records = []
     for row in rows:
-        rec = {"prompt": common.chat_text(processor, row["prompt"])}
+        if vlm and conversational_vlm:
+            rec = {"prompt": [{"role": "user", "content": row["prompt"]}]}
+        else:
+            rec = {"prompt": common.chat_text(processor, row["prompt"])}
         for key in answer_keys:
             rec[key] = row[key] if row[key].endswith(eos) else row[key] + eos
         if vlm:
