@@ -1,0 +1,93 @@
+"""The hand-labelled judge corpus: schema, label sets, frozen stratified split, enough hard cases."""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+
+import pytest
+
+from unsafe_concepts.judges.base import labels_for
+from unsafe_concepts.paths import RESOURCES
+
+CORPUS = RESOURCES / "judge_corpus" / "labelled.jsonl"
+REQUIRED = ("id", "source", "model", "task", "prompt", "response", "label", "split")
+TASKS = {"alignment", "alignment_text_only", "alignment_context", "perception"}
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    return [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def is_hard(response: str) -> bool:
+    """An answer that does not open with a yes/no: the cases a first-word reader gets wrong."""
+    words = re.findall(r"[A-Za-z]+", response)
+    return not words or words[0].lower() not in ("yes", "no")
+
+
+def test_every_row_has_the_contract_fields(rows):
+    for row in rows:
+        missing = [f for f in REQUIRED if f not in row]
+        assert not missing, f"{row.get('id')}: missing {missing}"
+        assert all(isinstance(row[f], str) for f in REQUIRED), row["id"]
+        assert row["task"] in TASKS, row["id"]
+        assert row["split"] in ("train", "test"), row["id"]
+        assert row["prompt"].strip(), row["id"]
+
+
+def test_ids_are_unique(rows):
+    dupes = [i for i, n in Counter(r["id"] for r in rows).items() if n > 1]
+    assert not dupes
+
+
+def test_labels_belong_to_the_task_label_set(rows):
+    for row in rows:
+        assert row["label"] in labels_for(row["task"]), f"{row['id']}: {row['label']!r} for task {row['task']}"
+
+
+def test_perception_labels_name_an_option_of_the_prompt(rows):
+    perception = [r for r in rows if r["task"] == "perception"]
+    assert len(perception) >= 90
+    for row in perception:
+        options = dict(re.findall(r"(?m)^([ABCD]): (.+?)\s*$", row["prompt"]))
+        assert sorted(options) == ["A", "B", "C", "D"], f"{row['id']}: prompt lacks the four options"
+        assert row["label"] == "unclear" or row["label"] in options, row["id"]
+
+
+def test_corpus_is_large_and_covers_every_label(rows):
+    assert len(rows) >= 600
+    alignment = Counter(r["label"] for r in rows if r["task"] != "perception")
+    assert all(alignment[label] >= 20 for label in ("safe", "unsafe", "unclear")), alignment
+    perception = Counter(r["label"] for r in rows if r["task"] == "perception")
+    assert all(perception[label] >= 5 for label in "ABCD"), perception
+
+
+def test_hard_cases_are_well_represented(rows):
+    hard = [r for r in rows if is_hard(r["response"])]
+    assert len(hard) >= 100
+    # all ~110 original LLaVA test answers that do not open with yes/no are in
+    original = [r for r in hard if r["source"] == "llava-1.5-7b/original/test"]
+    assert len(original) >= 100
+
+
+def test_about_thirty_percent_held_out_in_every_large_stratum(rows):
+    strata = defaultdict(list)
+    for row in rows:
+        strata[(row["source"], row["label"])].append(row["split"] == "test")
+    share = sum(r["split"] == "test" for r in rows) / len(rows)
+    assert 0.27 <= share <= 0.33, share
+    for stratum, flags in strata.items():
+        if len(flags) >= 10:
+            assert 0.2 <= sum(flags) / len(flags) <= 0.4, (stratum, sum(flags), len(flags))
+        # every stratum with more than one row sends at least one to train (no all-test strata)
+        if len(flags) >= 2:
+            assert not all(flags), stratum
+
+
+def test_llava_rows_keep_the_image_label_separate_from_the_verdict(rows):
+    llava = [r for r in rows if r["model"] == "llava-1.5-7b"]
+    assert llava and all(r.get("image_label") in ("safe", "unsafe") for r in llava)
+    # the verdict is read from the answer: some unsafe images got a "safe" verdict and vice versa
+    assert any(r["image_label"] == "unsafe" and r["label"] == "safe" for r in llava)
+    assert any(r["image_label"] == "safe" and r["label"] == "unsafe" for r in llava)
