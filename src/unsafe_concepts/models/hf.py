@@ -221,6 +221,12 @@ class HFBackend(ModelBackend):
         return out
 
     def generate(self, queries: list[Query], config: GenerationConfig) -> list[Generation]:
+        if config.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be at least 1, got {config.max_new_tokens}")
+        if self.max_positions is not None and config.max_new_tokens >= self.max_positions:
+            raise UserError(
+                f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt: model {self.spec} "
+                f"takes at most {self.max_positions} positions")
         results: list[Generation | None] = [None] * len(queries)
         for start in range(0, len(queries), self.batch_size):
             chunk = list(range(start, min(start + self.batch_size, len(queries))))
@@ -288,10 +294,6 @@ class HFBackend(ModelBackend):
         its end (the question). An item that cannot fit even so fails alone."""
         items = list(items)
         cap = None if self.max_positions is None else self.max_positions - config.max_new_tokens
-        if cap is not None and cap <= 0:
-            raise UserError(
-                f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt: "
-                f"the model takes at most {self.max_positions} positions")
         for _ in range(_TRUNCATION_ROUNDS):
             inputs = self._encode(items)
             if cap is None:
@@ -328,6 +330,7 @@ class HFBackend(ModelBackend):
         if self.supports_images:
             images = [[image] for _, _, image in items] if items[0][2] is not None else None
             inputs = self.processor(text=texts, images=images, **kwargs)
+            inputs.pop("labels", None)  # PaliGemma's processor adds training labels; generate needs none
         else:
             inputs = self.tokenizer(texts, **kwargs)
         return inputs.to(self.model.device)
