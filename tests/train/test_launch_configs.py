@@ -1,0 +1,39 @@
+"""The multi-GPU launch files are well-formed. DeepSpeed cannot run on this CPU box: these check
+structure (and that accelerate itself parses the YAML), not behaviour on GPUs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# keys the HF Trainer fills from its own arguments when they say "auto"
+TRAINER_FILLED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                  "gradient_clipping")
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_json(stage):
+    cfg = json.loads((ROOT / "configs" / "deepspeed" / f"zero{stage}.json").read_text())
+    assert cfg["zero_optimization"]["stage"] == stage
+    for key in TRAINER_FILLED:
+        assert cfg[key] == "auto", key  # one source of truth: the trainer config
+    assert cfg["bf16"]["enabled"] == "auto" and cfg["fp16"]["enabled"] == "auto"
+    # no DeepSpeed optimizer/scheduler: the Trainer's AdamW + warm-up/cosine stay the same as on CPU
+    assert "optimizer" not in cfg and "scheduler" not in cfg
+    if stage == 3:
+        assert cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # saveable adapter
+
+
+@pytest.mark.parametrize("name,kind", [("multi_gpu", "MULTI_GPU"), ("deepspeed_zero2", "DEEPSPEED"),
+                                       ("deepspeed_zero3", "DEEPSPEED")])
+def test_accelerate_yaml_parses_with_accelerate(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert cfg.distributed_type.value == kind and cfg.num_processes >= 1 and not cfg.use_cpu
+    if kind == "DEEPSPEED":
+        ds_file = ROOT / cfg.deepspeed_config["deepspeed_config_file"]
+        assert ds_file.exists()
+        assert cfg.deepspeed_config["zero3_init_flag"] == ("zero3" in name)
