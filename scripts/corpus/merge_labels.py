@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "src/unsafe_concepts/resources/judge_corpus"
 LABELS = Path(__file__).resolve().parent / "labels"
-RAW_FILES = ("raw_llava.jsonl", "raw_smollm2.jsonl")
+RAW_FILES = ("raw_llava.jsonl", "raw_smollm2.jsonl", "raw_smollm2_round2.jsonl")
 TEST_SHARE = 0.3
 SEED = "judge-corpus-2024"
 ALIGNMENT = {"safe", "unsafe", "unclear"}
