@@ -91,3 +91,25 @@ def test_llava_rows_keep_the_image_label_separate_from_the_verdict(rows):
     # the verdict is read from the answer: some unsafe images got a "safe" verdict and vice versa
     assert any(r["image_label"] == "unsafe" and r["label"] == "safe" for r in llava)
     assert any(r["image_label"] == "safe" and r["label"] == "unsafe" for r in llava)
+
+
+def test_corpus_matches_the_hand_labels_and_the_raw_answers(rows):
+    """labelled.jsonl is generated from scripts/corpus/labels/*.tsv + the raw answers: no silent edits."""
+    root = RESOURCES.parents[2]
+    label_dir = root / "scripts" / "corpus" / "labels"
+    if not label_dir.exists():
+        pytest.skip("not a source checkout")
+    hand = {}
+    for path in label_dir.glob("*.tsv"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row_id, label = line.split("\t")[:2]
+                hand[row_id] = label
+    assert {r["id"]: r["label"] for r in rows} == hand
+    raw = {}
+    for path in CORPUS.parent.glob("raw_*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            item = json.loads(line)
+            raw[item["id"]] = item
+    for row in rows:
+        assert row["response"] == raw[row["id"]]["response"] and row["prompt"] == raw[row["id"]]["prompt"], row["id"]
