@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--judge", default="rule")
     q.add_argument("--against", help="a second judge to compare with (agreement, kappa)")
     q.add_argument("--input", required=True, help="labelled JSONL (task, prompt, response, label)")
+    q.add_argument("--split", choices=["train", "test"], help="only rows with this `split` value")
+    q.add_argument("--json", action="store_true", help="print the metrics as JSON")
     q.set_defaults(func=_handler("unsafe_concepts.judges.commands:cli_eval"))
     q = jsub.add_parser("train", help="fine-tune a text-encoder judge on labelled answers (saved as safetensors)")
     q.add_argument("--data", required=True, help="labelled JSONL (task, prompt, response, label)")
