@@ -98,6 +98,14 @@ class TransformersServer:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # clients that time out or cancel just leave
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class ScriptedServer:
     """A real HTTP server whose reply to the n-th chat request is ``script(n, body, headers)``.
 
@@ -145,8 +153,7 @@ class ScriptedServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
                     pass
 
-        self.httpd = ThreadingHTTPServer((HOST, 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _QuietServer((HOST, 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
 

@@ -42,7 +42,11 @@ def served(tmp_path_factory):
 
 
 def test_batch_answers_with_concurrency_in_order(served):
-    backend = OpenAIBackend(served.model_dir, base_url=served.base_url, concurrency=3)
+    from unsafe_concepts.models.registry import load_model
+
+    backend = load_model(f"openai:{served.model_dir}", base_url=served.base_url, concurrency=3)
+    assert isinstance(backend, OpenAIBackend)
+    assert backend.describe()["base_url"] == served.base_url and backend.describe()["concurrency"] == 3
     prompts = ["Is a knife dangerous?", "Name a colour.", "What is 2 + 2?"]
     queries = [Query(id=str(i), prompt=p) for i, p in enumerate(prompts)]
     gens = backend.generate(queries, TINY)
@@ -243,6 +247,26 @@ def test_timeouts_are_retried_then_reported():
         gen = backend.generate([Query("a", "q")], GREEDY)[0]
     assert gen.text is None and "timed out" in gen.error and "gave up after 2 attempts" in gen.error
     assert len(server.bodies) == 2
+
+
+def test_ctrl_c_stops_promptly_instead_of_waiting_out_backoffs():
+    import signal
+
+    def busy(n, body, headers):
+        return 429, {"error": {"message": "slow down"}}, {"Retry-After": "30"}, 0
+
+    with ScriptedServer(busy) as server:
+        backend = OpenAIBackend("m", base_url=server.base_url, concurrency=2)
+        main = threading.main_thread().ident  # a real SIGINT, as Ctrl-C sends, to the main thread
+        timer = threading.Timer(0.5, signal.pthread_kill, args=(main, signal.SIGINT))
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            backend.generate([Query(str(i), "q") for i in range(6)], GREEDY)
+        assert time.monotonic() - t0 < 5  # not 30 s per retry
+        timer.join()
+        time.sleep(0.2)
+    assert len(server.bodies) == 2  # the queued items were cancelled, not sent
 
 
 def test_refused_connection_is_a_clear_error_not_an_exception():

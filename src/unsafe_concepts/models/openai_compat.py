@@ -208,11 +208,22 @@ class OpenAIBackend(ModelBackend):
         if not queries:
             return []
         client = self._http()
+        cancel = threading.Event()
         if self.concurrency == 1 or len(queries) == 1:
-            return [self._answer(client, q, config) for q in queries]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(queries)),
-                                thread_name_prefix="openai-compat") as pool:
-            return list(pool.map(lambda q: self._answer(client, q, config), queries))
+            return [self._answer(client, q, config, cancel) for q in queries]
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(queries)),
+                                  thread_name_prefix="openai-compat")
+        try:
+            return list(pool.map(lambda q: self._answer(client, q, config, cancel), queries))
+        except BaseException:
+            # Ctrl-C: stop promptly (no waiting out backoffs and queued items); the run store keeps
+            # every finished batch, and the next run resumes from there.
+            cancel.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            self.close()  # aborts requests in flight
+            raise
+        finally:
+            pool.shutdown(wait=False)
 
     def _http(self):
         import httpx
@@ -254,7 +265,8 @@ class OpenAIBackend(ModelBackend):
             body["temperature"] = 0.0  # greedy: every OpenAI-compatible server reads T=0 as argmax
         return body
 
-    def _answer(self, client, query: Query, config: GenerationConfig) -> Generation:
+    def _answer(self, client, query: Query, config: GenerationConfig,
+                cancel: threading.Event | None = None) -> Generation:
         """One query to its Generation; every failure is caught and stated, never raised."""
         start = time.monotonic()
         if query.image is not None and not self.supports_images:
@@ -270,6 +282,8 @@ class OpenAIBackend(ModelBackend):
         attempts = self.max_retries + 1
         last = ""
         for attempt in range(attempts):
+            if cancel is not None and cancel.is_set():
+                return Generation(text=None, error="cancelled", latency_s=time.monotonic() - start)
             t0 = time.monotonic()
             try:
                 text, n_tokens = self._post(client, body)
@@ -280,7 +294,7 @@ class OpenAIBackend(ModelBackend):
             except _Retryable as e:
                 last = str(e)
                 if attempt + 1 < attempts:
-                    time.sleep(self._delay(attempt, e.wait))
+                    (cancel or threading.Event()).wait(self._delay(attempt, e.wait))
             except Exception as e:  # noqa: BLE001 - anything else is stated per item, never raised
                 return Generation(text=None, error=self._scrub(f"unexpected {type(e).__name__}: {e}"),
                                   latency_s=time.monotonic() - start)
