@@ -19,8 +19,8 @@ COMMON = dict(model="smollm2-135m", data="heldout-text", modality="text", lora_r
               lora_dropout=0.05, seed=0, warmup_steps=5, lr_schedule="cosine", save_steps=10, logging_steps=1)
 METHODS = {
     "sft": dict(learning_rate=1e-4, batch_size=8, max_steps=30, max_length=160),
-    "dpo": dict(learning_rate=1e-4, beta=0.1, batch_size=8, max_steps=30, max_length=160),
-    "grpo": dict(learning_rate=1e-4, batch_size=16, num_generations=4, response_len=48, max_steps=15,
+    "dpo": dict(learning_rate=1e-4, beta=0.1, batch_size=8, max_steps=20, max_length=160),
+    "grpo": dict(learning_rate=1e-4, batch_size=16, num_generations=4, response_len=48, max_steps=12,
                  kl_coef=0.1, judge="classifier"),
 }
 EVAL = dict(max_new_tokens=64, temperature=1.0, top_p=0.9, seed=0, batch_size=16)

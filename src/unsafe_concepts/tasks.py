@@ -212,6 +212,11 @@ register(Task("unsafeconcepts_test", "post-training test: unsafe + safe test ima
 register(Task("unsafeconcepts_test_text", "post-training test, text modality: test concepts + safe class names",
               "alignment", "text", build_unsafeconcepts_test_text, after_training=True))
 
+# Generalisation sets (SMID, NSFW): defined in unsafe_concepts.evalsets (the baselines area).
+from unsafe_concepts.evalsets.tasks import register_evalset_tasks  # noqa: E402
+
+register_evalset_tasks(register, Task)
+
 
 def cli_list(args) -> int:
     width = max(len(n) for n in TASKS)

@@ -95,3 +95,15 @@ def test_nsfw_folder_and_table(nsfw_folder, tmp_path):
         load_nsfw(str(table))
     with pytest.raises(UserError, match="no default download"):
         load_nsfw("hf")
+
+
+def test_smid_and_nsfw_are_registered_tasks(smid_folder, nsfw_folder):
+    from unsafe_concepts.tasks import TaskOptions, get_task
+
+    smid = get_task("smid")
+    samples = smid.build(smid.load_data(str(smid_folder)), TaskOptions())
+    assert smid.after_training and len(samples) == 5 * 5  # 5 images outside the neutral band x 5 prompts
+    assert {s.label for s in samples} == {"safe", "unsafe"} and samples[0].image.endswith(".jpg")
+    nsfw = get_task("nsfw")
+    samples = nsfw.build(nsfw.load_data(str(nsfw_folder)), TaskOptions(prompt_indices=(0,)))
+    assert [s.label for s in samples] == ["safe"] * 2 + ["unsafe"] * 3 and samples[0].id == "safe/0.png#p0"
