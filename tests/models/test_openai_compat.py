@@ -129,7 +129,8 @@ def test_server_killed_mid_run_gives_clear_errors_and_restart_recovers(served):
 
 
 def ok(n, body, headers):
-    return 200, completion(f"echo {body['messages'][0]['content'] if isinstance(body['messages'][0]['content'], str) else 'image'}"), None, 0
+    content = body["messages"][0]["content"]
+    return 200, completion("echo " + (content if isinstance(content, str) else "an image")), None, 0
 
 
 def test_payload_text_is_plain_string_and_image_is_png_data_url(tmp_path):
@@ -330,6 +331,8 @@ def test_construction_errors_are_user_errors():
     with pytest.raises(UserError) as err:
         OpenAIBackend("m", base_url="http://127.0.0.1:8000/v1", api_key_env="sk-live-abc-123")
     assert "NAME of an environment variable" in str(err.value) and "sk-live-abc-123" not in str(err.value)
+    with pytest.raises(UserError, match="invalid port"):
+        OpenAIBackend("m", base_url="http://127.0.0.1:80a/v1")
     with pytest.raises(UserError, match="concurrency"):
         OpenAIBackend("m", base_url="http://127.0.0.1:8000/v1", concurrency=0)
 

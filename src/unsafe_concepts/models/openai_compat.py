@@ -149,6 +149,10 @@ class OpenAIBackend(ModelBackend):
                 "(for OpenAI itself: https://api.openai.com/v1)"
             )
         parts = urlsplit(base_url)
+        try:
+            parts.port
+        except ValueError:
+            raise UserError("--base-url has an invalid port, e.g. http://127.0.0.1:8000/v1") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UserError(f"--base-url {public_url(base_url)!r} is not an http(s) URL, "
                             "e.g. http://127.0.0.1:8000/v1")
@@ -181,7 +185,7 @@ class OpenAIBackend(ModelBackend):
         self._client = None
         self._client_lock = threading.Lock()
 
-    def __repr__(self) -> str:  # the default repr would be fine today; this one stays free of secrets
+    def __repr__(self) -> str:  # short, and free of secrets by construction
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
 
     def describe(self) -> dict:
