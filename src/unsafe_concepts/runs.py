@@ -280,8 +280,10 @@ def evaluate(config: RunConfig, out_dir: str | Path, *, backend=None, judge=None
             blank = blank_image()
         bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{task.name}", unit="q",
                    disable=quiet, dynamic_ncols=True)
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start:start + config.batch_size]
+        # A server backend keeps `concurrency` requests in flight only if it is handed that many at once.
+        step = max(config.batch_size, getattr(backend, "concurrency", 1))
+        for start in range(0, len(todo), step):
+            batch = todo[start:start + step]
             queries = [Query(id=s.id, prompt=s.prompt, image=blank if s.image == BLANK else s.image) for s in batch]
             generations = backend.generate(queries, gen)
             rows = []
