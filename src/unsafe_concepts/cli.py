@@ -152,6 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_handler("unsafe_concepts.train:cli_train"))
 
+    # post-training evaluation (docs/posteval.md)
+    p = sub.add_parser("posteval", help="post-training evaluation: UnsafeConcepts_TEST, MME, LLaVA-Bench, SMID, NSFW")
+    _add_model_args(p)
+    _add_generation_args(p)
+    p.add_argument("--out", required=True, help="output folder (resumed if present)")
+    p.add_argument("--unsafeconcepts", default="sample",
+                   help="UnsafeConcepts_TEST data: folder, 'sample', 'hf', 'heldout-text', or 'none' to skip")
+    p.add_argument("--modality", choices=["image", "text"], default="image", help="UnsafeConcepts_TEST modality")
+    p.add_argument("--safe-data", help="folder of safe images for UnsafeConcepts_TEST")
+    p.add_argument("--mme", help="MME: 'hf' (lmms-lab/MME), an MME.tsv, or the release folder")
+    p.add_argument("--llavabench", help="LLaVA-Bench in the wild: 'hf' or the release folder")
+    p.add_argument("--llava-judge", help="model spec judging LLaVA-Bench answers (e.g. openai:gpt-4o)")
+    p.add_argument("--smid", help="SMID folder (images + SMID_norms.csv)")
+    p.add_argument("--nsfw", help="NSFW set: folder with safe/ and unsafe/, or a labelled CSV/TSV (no default)")
+    p.add_argument("--judge", default="classifier", help="response judge for UnsafeConcepts_TEST, SMID, NSFW")
+    p.add_argument("--limit", type=int, help="items per set (the first N)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=_handler("unsafe_concepts.train.posteval:cli_posteval"))
+
     # offline pipeline
     p = sub.add_parser("demo", help="the whole offline pipeline on the sample data: evaluate -> judge -> report")
     p.add_argument("--out", default="demo-output")

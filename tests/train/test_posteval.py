@@ -55,3 +55,16 @@ def test_config_errors(tmp_path):
         run_posteval(PostEvalConfig(model="x", out_dir=str(tmp_path), llavabench="hf"))
     with pytest.raises(UserError, match="nothing to evaluate"):
         run_posteval(PostEvalConfig(model="x", out_dir=str(tmp_path), unsafeconcepts=None), backend=object())
+
+
+def test_posteval_command(tiny_llava_dir, tmp_path):
+    from unsafe_concepts.cli import main
+
+    tsv = builders.build_mme_tsv(tmp_path)
+    out = tmp_path / "cli"
+    rc = main(["posteval", "--model", f"hf:{tiny_llava_dir}", "--out", str(out), "--unsafeconcepts", "none",
+               "--mme", str(tsv), "--limit", "2", "--max-new-tokens", "2", "--greedy"])
+    assert rc == 0
+    record = json.loads((out / "posteval.json").read_text())
+    assert record["config"]["adapter"] is None and record["results"]["mme"]["n"] == 2
+    assert main(["posteval", "--model", "smollm2-135m", "--out", str(out), "--unsafeconcepts", "none"]) == 2

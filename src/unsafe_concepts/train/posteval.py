@@ -51,12 +51,17 @@ class PostEvalConfig:
     self_bleu_max_texts: int | None = None
     dtype: str | None = None
     device: str | None = None
+    base_url: str | None = None  # for openai: models
+    api_key_env: str = "OPENAI_API_KEY"  # the variable's name; the key itself is never stored
 
     def validate(self) -> None:
         if self.modality not in ("image", "text"):
             raise UserError(f"modality must be image or text, got {self.modality!r}")
         if self.llavabench and not self.llava_judge:
             raise UserError("LLaVA-Bench needs a judge model: set llava_judge (e.g. openai:gpt-4o or hf:<path>)")
+        if not any(getattr(self, name) for name in SETS):
+            raise UserError("nothing to evaluate: give at least one set source (unsafeconcepts, mme, llavabench, "
+                            "smid, nsfw)")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise UserError("batch_size and max_new_tokens must be >= 1")
 
@@ -229,7 +234,8 @@ def run_posteval(config: PostEvalConfig, *, backend=None, judge=None, llava_judg
     if backend is None:
         from unsafe_concepts.models.registry import load_model
 
-        backend = load_model(config.model, adapter=config.adapter, dtype=config.dtype, device=config.device)
+        backend = load_model(config.model, adapter=config.adapter, dtype=config.dtype, device=config.device,
+                             base_url=config.base_url, api_key_env=config.api_key_env)
     needs_judge = config.unsafeconcepts or config.smid or config.nsfw
     if judge is None and needs_judge:
         from unsafe_concepts.judges import load_judge
@@ -259,7 +265,7 @@ def run_posteval(config: PostEvalConfig, *, backend=None, judge=None, llava_judg
             if jm is None:
                 from unsafe_concepts.models.registry import load_model
 
-                jm = load_model(config.llava_judge)
+                jm = load_model(config.llava_judge, api_key_env=config.api_key_env)
             return eval_llavabench(backend, load_llavabench(config.llavabench, limit=lim), jm, out / "llavabench",
                                    config)
         steps.append(("llavabench", _llava))
@@ -284,10 +290,13 @@ def run_posteval(config: PostEvalConfig, *, backend=None, judge=None, llava_judg
 
 
 def cli_posteval(args) -> int:
-    """Entry point for a ``posteval`` command (argparse namespace with PostEvalConfig's field names)."""
+    """``unsafe-concepts posteval``: the argparse namespace carries PostEvalConfig's field names
+    (``--out`` -> out_dir; ``--unsafeconcepts none`` skips that set)."""
     fields = PostEvalConfig.__dataclass_fields__
     values = {k: getattr(args, k) for k in fields if getattr(args, k, None) is not None}
-    values.setdefault("out_dir", getattr(args, "out", None))
+    values["out_dir"] = args.out
+    if str(values.get("unsafeconcepts", "")).lower() == "none":
+        values["unsafeconcepts"] = None
     record = run_posteval(PostEvalConfig(**values))
     print(json.dumps({k: _headline(v) for k, v in record["results"].items()}, indent=2))
     return 0
