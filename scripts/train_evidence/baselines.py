@@ -18,7 +18,7 @@ METHODS = {
     "sft": dict(learning_rate=1e-4, batch_size=8, max_steps=30, max_length=160),
     "dpo": dict(learning_rate=1e-4, beta=0.1, batch_size=8, max_steps=20, max_length=160),
     # reward judge, response length and KL as the PPO evidence (configs/ppo_smollm2_text.json)
-    "grpo": dict(learning_rate=1e-4, batch_size=16, num_generations=4, response_len=40, max_steps=20,
+    "grpo": dict(learning_rate=1e-4, batch_size=16, num_generations=4, response_len=40, max_steps=8,
                  kl_coef=0.05, judge="rule"),
 }
 
