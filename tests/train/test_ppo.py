@@ -1,0 +1,120 @@
+"""PPO end to end on real small models: SmolLM2-135M (text) and a tiny LLaVA (image), resume, CLI."""
+import json
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from unsafe_concepts.judges import load_judge
+from unsafe_concepts.train import data as td
+from unsafe_concepts.train import ppo
+
+TINY = dict(lora_r=4, lora_alpha=8, rollout_batch_size=2, mini_batch_size=2, response_len=6, warmup_steps=1,
+            save_steps=1, learning_rate=1e-3, length_bonus=0.5)
+
+
+def _adapter_state(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+
+
+def test_text_ppo_two_steps_then_resume_to_three(smollm2_path, tmp_path):
+    items = td.heldout_text_items("train")[:6]
+    out = tmp_path / "run"
+    cfg = ppo.PPOConfig(model=f"hf:{smollm2_path}", modality="text", out_dir=str(out), max_steps=2, **TINY)
+    t0 = time.perf_counter()
+    trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
+    before = _adapter_state(trainer.model)
+    result = trainer.train()
+    assert time.perf_counter() - t0 < 60
+    assert result["steps"] == 2
+    after = _adapter_state(trainer.model)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy was updated
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward", "kl", "entropy", "accuracy", "response_len", "pg_loss", "vf_loss"):
+        assert isinstance(rows[0][key], float) or isinstance(rows[0][key], int), key
+    assert rows[0]["approx_kl"] < 1e-3  # first mini-batch: new and old log-probs agree (no dropout, same positions)
+    assert (out / "adapter_config.json").exists() and (out / ppo.VALUE_HEAD_FILE).exists()
+    ckpt = trainer.latest_checkpoint()
+    assert ckpt.name == "step-000002"
+    saved_opt_steps = trainer.optimizer.state_dict()["state"][0]["step"].item()
+    saved_value_head = trainer.value_head.summary.weight.detach().clone()
+
+    # the same command with a higher max_steps: a fresh process would load the checkpoint
+    cfg3 = ppo.PPOConfig(model=f"hf:{smollm2_path}", modality="text", out_dir=str(out), max_steps=3, **TINY)
+    resumed = ppo.PPOTrainer(cfg3, items, judge=load_judge("rule"), quiet=True)
+    assert resumed.resume() is True
+    assert resumed.step == 2
+    restored = _adapter_state(resumed.model)
+    assert all(torch.equal(restored[k], after[k]) for k in after)
+    assert torch.equal(resumed.value_head.summary.weight, saved_value_head)
+    assert resumed.optimizer.state_dict()["state"][0]["step"].item() == saved_opt_steps
+    assert resumed.scheduler.last_epoch == trainer.scheduler.last_epoch
+    result = resumed.train()
+    assert result["steps"] == 3
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert resumed.latest_checkpoint().name == "step-000003"
+
+
+def test_resume_refuses_a_different_run(smollm2_path, tmp_path):
+    from unsafe_concepts.errors import UserError
+
+    items = td.heldout_text_items("train")[:2]
+    out = tmp_path / "run"
+    cfg = ppo.PPOConfig(model=f"hf:{smollm2_path}", modality="text", out_dir=str(out), max_steps=1,
+                        **{**TINY, "response_len": 2})
+    trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
+    trainer.train()
+    other = ppo.PPOConfig(model=f"hf:{smollm2_path}", modality="text", out_dir=str(out), max_steps=2,
+                          **{**TINY, "response_len": 2, "lora_r": 2, "lora_alpha": 4})
+    with pytest.raises(UserError, match="lora_r"):
+        ppo.PPOTrainer(other, items, judge=load_judge("rule"), model=trainer.model, processor=trainer.processor,
+                       quiet=True).resume()
+
+
+def test_image_ppo_on_tiny_llava(tiny_llava_dir, tmp_path):
+    img_dir = tmp_path / "img"
+    img_dir.mkdir()
+    records = []
+    from unsafe_concepts.data.records import ImageRecord
+
+    for i, (label, concept, category) in enumerate([("unsafe", "Arson", "Illegal activity"), ("safe", "teapot", "Safe"),
+                                                     ("unsafe", "Torture", "Violence"), ("safe", "canoe", "Safe")]):
+        path = img_dir / f"{i}.png"
+        Image.new("RGB", (40, 30), (20 * i, 100, 200)).save(path)
+        records.append(ImageRecord(id=f"images/{i}.png", image=str(path), category=category, concept=concept,
+                                   label=label, split="train"))
+    items = td.build_items(records, modality="image", split="train")
+    cfg = ppo.PPOConfig(model=f"hf:{tiny_llava_dir}", modality="image", out_dir=str(tmp_path / "run"), max_steps=2,
+                        **TINY)
+    t0 = time.perf_counter()
+    trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
+    vision_before = {k: v.clone() for k, v in trainer.model.named_parameters() if "vision_tower" in k}
+    result = trainer.train()
+    assert time.perf_counter() - t0 < 60 and result["steps"] == 2
+    for k, v in trainer.model.named_parameters():  # the vision tower stays frozen
+        if "vision_tower" in k:
+            assert torch.equal(v, vision_before[k]) and not v.requires_grad
+    assert (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+
+def test_cli_train_ppo_writes_run_record(smollm2_path, tmp_path):
+    from unsafe_concepts.cli import main
+
+    config = tmp_path / "ppo.json"
+    config.write_text(json.dumps({"data": "heldout-text", "modality": "text", "rollout_batch_size": 2,
+                                  "mini_batch_size": 2, "response_len": 2, "lora_r": 2, "lora_alpha": 4}))
+    out = tmp_path / "out"
+    code = main(["train", "ppo", "--model", f"hf:{smollm2_path}", "--config", str(config), "--judge", "rule",
+                 "--out", str(out), "--max-steps", "1", "--seed", "3"])
+    assert code == 0
+    record = json.loads((out / "train.json").read_text())
+    assert record["method"] == "ppo" and record["seed"] == 3
+    assert record["config"]["modality"] == "text" and record["config"]["judge"] == "rule"
+    assert record["config"]["max_steps"] == 1 and "versions" in record and "git_commit" in record
+    assert record["result"]["steps"] == 1
+    # bad settings are a clear error, not a traceback
+    config.write_text(json.dumps({"ppo_epochz": 2}))
+    assert main(["train", "ppo", "--model", "smollm2-135m", "--config", str(config), "--out", str(out)]) == 2
