@@ -46,6 +46,9 @@ def test_text_sft_trains_on_the_evaluated_prompt_resumes_and_saves_a_loadable_ad
     config.max_steps = 2
     second = sft.train(config, items=items, quiet=True)
     assert second["resumed_from"].endswith("checkpoint-1") and second["global_step"] == 2
+    # running the finished command again trains nothing more (transformers alone would add a step)
+    third = sft.train(config, items=items, quiet=True)
+    assert third["global_step"] == 2 and third["resumed_from"].endswith("checkpoint-2")
 
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]

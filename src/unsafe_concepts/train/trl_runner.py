@@ -18,6 +18,7 @@ versions, items).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,20 @@ def last_checkpoint(out_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
 
 
+def _finished(checkpoint: str, max_steps: int) -> bool:
+    """Did the run that wrote ``checkpoint`` reach its end, with no larger budget asked now?"""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    done = state["global_step"] >= state.get("max_steps", float("inf"))
+    return done and (max_steps <= 0 or max_steps <= state["global_step"])
+
+
+def _load_adapter_weights(model, checkpoint: str) -> None:
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(Path(checkpoint) / "adapter_model.safetensors")))
+
+
 def run(trainer, config, method: str, *, n_items: int, quiet: bool = False) -> dict:
     """Train (resuming from the last checkpoint in ``<out>/checkpoints``), then save the adapter and
     ``train.json``; returns the record written to ``train.json``."""
@@ -131,7 +146,13 @@ def run(trainer, config, method: str, *, n_items: int, quiet: bool = False) -> d
     resume = last_checkpoint(out)
     if resume and not quiet:
         print(f"resuming {method} from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    if resume and _finished(resume, trainer.args.max_steps):
+        # transformers would still take one more step when resuming a finished run: load instead
+        _load_adapter_weights(trainer.model, resume)
+        trainer.state.global_step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
+        metrics = {"note": "already finished at this checkpoint; nothing trained"}
+    else:
+        metrics = trainer.train(resume_from_checkpoint=resume).metrics or {}
     model = trainer.model
     if "ref" in getattr(model, "peft_config", {}):  # DPO's frozen copy of the initial adapter: not part of the result
         model.delete_adapter("ref")
@@ -139,7 +160,7 @@ def run(trainer, config, method: str, *, n_items: int, quiet: bool = False) -> d
     adapter = common.save_adapter(model, out)
     record = common.run_record(method, config, n_items=n_items, resumed_from=resume,
                                global_step=trainer.state.global_step,
-                               train_metrics={k: v for k, v in (result.metrics or {}).items()})
+                               train_metrics=dict(metrics))
     record["adapter"] = str(adapter)
     common.write_json(out / "train.json", record)
     if not quiet:
