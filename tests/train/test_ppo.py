@@ -74,7 +74,15 @@ def test_resume_refuses_a_different_run(smollm2_path, tmp_path):
                        quiet=True).resume()
 
 
-def test_image_ppo_on_tiny_llava(tiny_llava_dir, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_vlm_spec():
+    from unsafe_concepts.models.offline import tiny_vlm_dir
+
+    tiny_vlm_dir()  # built once (LLaVA: real SmolLM2 + a seeded random vision tower)
+    return "tiny-vlm"
+
+
+def test_image_ppo_on_tiny_vlm(tiny_vlm_spec, tmp_path):
     img_dir = tmp_path / "img"
     img_dir.mkdir()
     records = []
@@ -87,13 +95,16 @@ def test_image_ppo_on_tiny_llava(tiny_llava_dir, tmp_path):
         records.append(ImageRecord(id=f"images/{i}.png", image=str(path), category=category, concept=concept,
                                    label=label, split="train"))
     items = td.build_items(records, modality="image", split="train")
-    cfg = ppo.PPOConfig(model=f"hf:{tiny_llava_dir}", modality="image", out_dir=str(tmp_path / "run"), max_steps=2,
-                        **TINY)
+    cfg = ppo.PPOConfig(model=tiny_vlm_spec, modality="image", out_dir=str(tmp_path / "run"), max_steps=1, **TINY)
     t0 = time.perf_counter()
     trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
     vision_before = {k: v.clone() for k, v in trainer.model.named_parameters() if "vision_tower" in k}
     result = trainer.train()
-    assert time.perf_counter() - t0 < 60 and result["steps"] == 2
+    assert time.perf_counter() - t0 < 60 and result["steps"] == 1
+    from unsafe_concepts.train.common import encode_prompts
+
+    encoded = encode_prompts(trainer.processor, [items[0].prompt], [items[0].image])  # what rollouts feed the model
+    assert encoded["pixel_values"].shape[0] == 1
     for k, v in trainer.model.named_parameters():  # the vision tower stays frozen
         if "vision_tower" in k:
             assert torch.equal(v, vision_before[k]) and not v.requires_grad

@@ -343,6 +343,12 @@ class PPOTrainer:
         entropy = entropy_from_logits(logits) if with_entropy else None
         return logp, values, entropy
 
+    def reference_logprobs(self, query: dict, responses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log pi_ref: the same weights with the LoRA adapter switched off - no second model in memory."""
+        with self.model.disable_adapter():
+            ref, _, _ = self._forward(query, responses, mask, with_values=False)
+        return ref
+
     def _slice(self, query: dict, idx: slice) -> dict:
         return {k: v[idx] for k, v in query.items()}
 
@@ -369,8 +375,7 @@ class PPOTrainer:
         for start in range(0, len(batch), cfg.mini_batch_size):
             s = slice(start, start + cfg.mini_batch_size)
             lp, v, _ = self._forward(self._slice(query, s), responses[s], mask[s], with_values=True)
-            with self.model.disable_adapter():  # the reference policy: same weights, adapter off
-                ref, _, _ = self._forward(self._slice(query, s), responses[s], mask[s], with_values=False)
+            ref = self.reference_logprobs(self._slice(query, s), responses[s], mask[s])
             logps.append(lp), refs.append(ref), values.append(v)
         texts = [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()
                  for r, m in zip(responses, mask)]
