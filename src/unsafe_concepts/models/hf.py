@@ -220,6 +220,14 @@ class HFBackend(ModelBackend):
         out.update(self.labels)
         return out
 
+    def close(self) -> None:
+        """Drop the model (frees its memory once no one else holds it)."""
+        import torch
+
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def generate(self, queries: list[Query], config: GenerationConfig) -> list[Generation]:
         if config.max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be at least 1, got {config.max_new_tokens}")

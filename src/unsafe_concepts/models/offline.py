@@ -36,8 +36,7 @@ def smollm2_dir() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = paths.smollm2_gguf()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _tmp_dir(out)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A GGUF-loaded model refuses save_pretrained; copy its (dequantised) weights into a plain one.
@@ -50,8 +49,27 @@ def smollm2_dir() -> Path:
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / ".complete").write_text(f"converted from {gguf.name}\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # atomic: a half-written folder is never taken for a finished one
+    return _publish(tmp, out)
+
+
+def _tmp_dir(out: Path) -> Path:
+    """A private build folder beside ``out`` (two processes may build at once, e.g. parallel tests)."""
+    import os
+
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> Path:
+    """Move a finished build into place; a half-written folder is never taken for a finished one."""
+    try:
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    except OSError:
+        if not (out / ".complete").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process published the same build first
     return out
 
 
@@ -122,16 +140,13 @@ def tiny_vlm_dir() -> Path:
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=image_chat_template())
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _tmp_dir(out)
     vlm.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     label = {"untrained_vision": True, "note": TINY_VLM_NOTE}
     (tmp / "unsafe_concepts_model.json").write_text(json.dumps(label, indent=2) + "\n")
     (tmp / ".complete").write_text(f"v{TINY_VLM_VERSION}\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return _publish(tmp, out)
 
 
 def cli_setup(args) -> int:
