@@ -52,6 +52,7 @@ def test_dtype_rules_and_overrides():
     assert pick_dtype("auto", cpu) == torch.float32
     assert pick_dtype("bf16", cpu) == torch.bfloat16
     assert pick_dtype("float16", cpu) == torch.float16
+    assert pick_dtype(torch.bfloat16, cpu) == torch.bfloat16 and pick_dtype("torch.float32", cpu) == torch.float32
     with pytest.raises(UserError, match="dtype"):
         pick_dtype("int3", cpu)
 

@@ -82,8 +82,10 @@ def pick_dtype(dtype: str | None, device: "torch.device") -> "torch.dtype":
     MPS stays fp32 by default: half precision there is uneven across ops; pass --dtype float16 to try."""
     import torch
 
+    if isinstance(dtype, torch.dtype):
+        return dtype
     if dtype and dtype != "auto":
-        name = DTYPE_NAMES.get(str(dtype).lower())
+        name = DTYPE_NAMES.get(str(dtype).lower().removeprefix("torch."))
         if name is None:
             raise UserError(f"invalid --dtype {dtype!r}: choose float32, bfloat16 or float16")
         return getattr(torch, name)
