@@ -44,6 +44,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", help="torch dtype override (float32, bfloat16, float16); default: automatic")
     g.add_argument("--device", help="device override (cpu, cuda, cuda:1, mps); default: automatic")
     g.add_argument("--concurrency", type=int, default=8, help="parallel requests for openai: models")
+    g.add_argument("--text-only", action="store_true",
+                   help="treat the model as text only: image tasks are refused, text tasks get no blank image "
+                   "(needed for openai: servers of text models, which may silently drop images)")
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,7 +32,8 @@ RESPONSES, RUN_JSON, METRICS = "responses.jsonl", "run.json", "metrics.json"
 # Settings that change what the rows mean. Batch size, concurrency, device and the judge do not:
 # they may differ between a run and its resumption. ``--limit`` may grow (the seeded selection of a
 # larger limit contains the smaller one), never shrink.
-IDENTITY_KEYS = ("model", "adapter", "task", "data", "safe_data", "context_file", "split", "prompts", "generation")
+IDENTITY_KEYS = ("model", "adapter", "task", "data", "safe_data", "context_file", "split", "prompts", "generation",
+                 "text_only")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class RunConfig:
     dtype: str | None = None
     device: str | None = None
     concurrency: int = 8
+    text_only: bool = False
 
     def identity(self) -> dict:
         d = asdict(self)
@@ -107,7 +109,8 @@ class RunStore:
                                 "choose another --out")
             record = {"config": _recorded(config), "created": _now(), "environment": environment()}
         else:
-            old = {k: record.get("config", {}).get(k) for k in IDENTITY_KEYS}
+            defaults = {f.name: f.default for f in fields(RunConfig)}  # keys added since the run was made
+            old = {k: record.get("config", {}).get(k, defaults.get(k)) for k in IDENTITY_KEYS}
             new = config.identity()
             diff = {k: (old[k], new[k]) for k in IDENTITY_KEYS if _norm(old[k]) != _norm(new[k])}
             old_limit = record["config"].get("limit")
@@ -267,7 +270,7 @@ def evaluate(config: RunConfig, out_dir: str | Path, *, backend=None, judge=None
 
             backend = load_model(config.model, adapter=config.adapter, base_url=config.base_url,
                                  api_key_env=config.api_key_env, dtype=config.dtype, device=config.device,
-                                 concurrency=config.concurrency)
+                                 concurrency=config.concurrency, text_only=config.text_only)
         if task.modality == "image" and not backend.supports_images:
             raise UserError(f"model {config.model} is text only; task {task.name} shows images. "
                             "Use a VLM (e.g. tiny-vlm, hf:<VLM>) or a text task (alignment_text_only, ...)")
@@ -364,7 +367,7 @@ def config_from_args(args) -> RunConfig:
                        safe_data=args.safe_data, context_file=args.context_file, split=args.split, limit=args.limit,
                        prompts=parse_prompts(args.prompts), batch_size=args.batch_size, judge=args.judge,
                        base_url=args.base_url, api_key_env=args.api_key_env, dtype=args.dtype, device=args.device,
-                       concurrency=args.concurrency)
+                       concurrency=args.concurrency, text_only=args.text_only)
     return config
 
 

@@ -23,6 +23,7 @@ def load_model(
     dtype: str | None = None,
     device: str | None = None,
     concurrency: int = 8,
+    text_only: bool = False,
 ) -> ModelBackend:
     """The backend a model spec names. Unknown specs raise a UserError listing the valid forms."""
     spec = (spec or "").strip()
@@ -34,9 +35,15 @@ def load_model(
             raise UserError("empty model name after 'openai:'")
         from unsafe_concepts.models.openai_compat import OpenAIBackend  # lazy: httpx only when needed
 
-        return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency)
+        # A server cannot tell us whether its model sees images (transformers serve silently drops
+        # them for a text-only model), so the user says so with --text-only.
+        return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                             supports_images=not text_only)
     if spec.startswith("hf:") or spec in OFFLINE_ALIASES:
         from unsafe_concepts.models.hf import HFBackend  # lazy: torch/transformers only when needed
 
-        return HFBackend(spec, adapter=adapter, dtype=dtype, device=device)
+        backend = HFBackend(spec, adapter=adapter, dtype=dtype, device=device)
+        if text_only:
+            backend.supports_images = False
+        return backend
     raise UserError(f"unknown model spec {spec!r}; valid forms: " + "; ".join(VALID_FORMS))
