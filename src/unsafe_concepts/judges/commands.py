@@ -101,6 +101,7 @@ def cli_apply(args) -> int:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda t: str(t[0])))
     print(f"wrote {len(out_rows)} rows to {args.out} ({summary}; {n_error} without a response)")
+    _print_unparsable(judge)
     return 0
 
 
@@ -160,6 +161,9 @@ def cli_eval(args) -> int:
     other = load_judge(args.against) if args.against else None
     result = evaluate_judge(judge, rows, other=other)
     result = {"judge": args.judge, "against": args.against, "input": str(args.input), "split": split, **result}
+    for key, j in (("judge_info", judge), ("against_info", other)):
+        if j is not None and "n_unparsable" in j.describe():
+            result[key] = {k: j.describe()[k] for k in ("n_judged", "n_unparsable")}
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
         return 0
@@ -175,7 +179,17 @@ def cli_eval(args) -> int:
             print()
             print(_table(f"{args.judge} vs {args.against}", entry["judge_vs_against"], args.judge, args.against))
         print()
+    _print_unparsable(judge)
+    if other is not None:
+        _print_unparsable(other)
     return 0
+
+
+def _print_unparsable(judge) -> None:
+    info = judge.describe() if hasattr(judge, "describe") else {}
+    if info.get("n_unparsable"):
+        print(f"note: {info['n_unparsable']} of {info['n_judged']} replies of {info['name']} were not one label word "
+              "and count as unclear")
 
 
 def cli_train(args) -> int:
