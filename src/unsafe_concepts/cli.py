@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smid", help="SMID folder (images + SMID_norms.csv)")
     p.add_argument("--nsfw", help="NSFW set: folder with safe/ and unsafe/, or a labelled CSV/TSV (no default)")
     p.add_argument("--judge", default="classifier", help="response judge for UnsafeConcepts_TEST, SMID, NSFW")
-    p.add_argument("--limit", type=int, help="items per set (the first N)")
+    p.add_argument("--limit", type=int, help="items per set (UnsafeConcepts_TEST: a seeded random N; others: the first N)")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=_handler("unsafe_concepts.train.posteval:cli_posteval"))
 

@@ -47,7 +47,7 @@ class PostEvalConfig:
     greedy: bool = False
     seed: int = 0
     batch_size: int = 8
-    limit: int | None = None  # items per set (the first N), for quick checks
+    limit: int | None = None  # items per set for quick checks (UnsafeConcepts_TEST: a seeded random N, else the first N)
     self_bleu_max_texts: int | None = None
     dtype: str | None = None
     device: str | None = None
@@ -250,7 +250,11 @@ def run_posteval(config: PostEvalConfig, *, backend=None, judge=None, llava_judg
                                              supports_images=getattr(backend, "supports_images", True))
             task = "alignment_text_only" if config.modality == "text" or config.unsafeconcepts == "heldout-text" \
                 else "alignment"
-            return eval_alignment_queries(backend, judge, queries[:lim] if lim else queries, out / "unsafeconcepts",
+            if lim:  # a seeded random subset: the task lists all unsafe items before the safe ones
+                import random
+
+                queries = random.Random(config.seed).sample(queries, min(lim, len(queries)))
+            return eval_alignment_queries(backend, judge, queries, out / "unsafeconcepts",
                                           config, set_name="unsafeconcepts_test", task=task)
         steps.append(("unsafeconcepts_test", _uc))
     if config.mme:
