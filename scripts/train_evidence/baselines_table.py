@@ -13,8 +13,8 @@ def load(name):
     return None, None
 
 
-print("| model | overall [95% CI] | safe | unsafe | unclear | 1 - Self-BLEU | mean words | general yes/no | perplexity | source |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| model | overall [95% CI] | safe | unsafe | unclear | classifier judge: overall / unclear | 1 - Self-BLEU | mean words | general yes/no | perplexity | source |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for name in ("base", "sft", "dpo", "grpo", "ppo"):
     d, p = load(name)
     if d is None:
@@ -22,7 +22,9 @@ for name in ("base", "sft", "dpo", "grpo", "ppo"):
     j = d["judges"]["rule"]
     g = d.get("general", {})
     lo, hi = j["overall_ci"]
+    c = d["judges"].get("classifier")
+    cls = f"{c['overall']:.3f} / {c['unclear_rate']:.3f}" if c else "-"
     print(f"| {name} | {j['overall']:.3f} [{lo:.3f}, {hi:.3f}] | {j['safe']:.3f} | {j['unsafe']:.3f} | "
-          f"{j['unclear_rate']:.3f} | {d['diversity']['one_minus_self_bleu']:.3f} | {d['mean_words']:.1f} | "
+          f"{j['unclear_rate']:.3f} | {cls} | {d['diversity']['one_minus_self_bleu']:.3f} | {d['mean_words']:.1f} | "
           f"{g.get('yes_no_accuracy', float('nan')):.3f} | {g.get('perplexity', float('nan')):.1f} | "
           f"{p.relative_to(R.parent.parent.parent)} |")

@@ -31,3 +31,6 @@ for m in ${EVALS:-base sft dpo grpo}; do
       2>"$OUT/eval_$m.stderr.log" >/dev/null
   cp "$OUT/eval_$m/metrics.json" "$RESULTS/eval_$m.json"
 done
+# the same answers read by the default classifier judge (no regeneration)
+$PY scripts/train_evidence/rejudge.py --judge classifier $(for m in ${EVALS:-base sft dpo grpo}; do echo "$OUT/eval_$m"; done)
+for m in ${EVALS:-base sft dpo grpo}; do cp "$OUT/eval_$m/metrics.json" "$RESULTS/eval_$m.json"; done
