@@ -1,6 +1,6 @@
 """Judge saved evidence answers again with another judge, without regenerating them.
 
-  python scripts/train_evidence/rejudge.py --judge classifier evidence-baselines/eval_base ...
+  python scripts/train_evidence/rejudge.py --judge classifier $OUT/eval_base ...
 
 Adds ``judges[<judge>]`` to each folder's metrics.json (same summary as train/evaluate.py)."""
 from __future__ import annotations

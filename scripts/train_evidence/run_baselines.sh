@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=PASSIVE   # 1 thread: faster on a shared CPU
 PY=.venv/bin/python
-OUT=${OUT:-evidence-baselines}
+OUT=${OUT:-${TMPDIR:-/tmp}/unsafe-concepts-evidence/baselines}
 RESULTS=scripts/train_evidence/results/baselines
 JUDGES=${JUDGES:-"--judge rule"}          # add "--judge classifier" once the default judge is trained
 EVAL="--items heldout-text:test --max-new-tokens 48 --temperature 1.0 --top-p 0.9 --seed 0 --general $JUDGES"
