@@ -4,7 +4,7 @@
 # held out for testing. Base model -> PPO (configs/ppo_smollm2_text.json) -> the same evaluation.
 #
 #   bash scripts/train_evidence/run_ppo.sh            # everything (about 1 h on a busy 2-core CPU)
-#   STAGE=train bash scripts/train_evidence/run_ppo.sh  # one stage: base | train | after | memory
+#   STAGE=train bash scripts/train_evidence/run_ppo.sh  # one stage: base | train | after | memory | summary
 #
 # Re-running resumes training from its last checkpoint. Outputs (adapter, logs, answers) go to $OUT;
 # the small metrics files are copied to scripts/train_evidence/results/ppo/.
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=PASSIVE   # 1 thread: far faster on a shared CPU
 PY=.venv/bin/python
 OUT=${OUT:-${TMPDIR:-/tmp}/unsafe-concepts-evidence/ppo_smollm2_text}
-JUDGES=${JUDGES:-"--judge rule"}          # add "--judge classifier" when the trained judge is set up
+JUDGES=${JUDGES:-"--judge rule --judge first-word"}   # add "--judge classifier" once `unsafe-concepts setup` trained it
 EVAL="--items heldout-text:test --max-new-tokens 48 --temperature 1.0 --top-p 0.9 --seed 0 --general $JUDGES"
 RESULTS=scripts/train_evidence/results/ppo
 STAGE=${STAGE:-all}
@@ -35,4 +35,12 @@ if [[ $STAGE == all || $STAGE == after ]]; then
 fi
 if [[ $STAGE == all || $STAGE == memory ]]; then
   $PY benchmarks/ppo_memory.py | tee "$RESULTS/ppo_memory.txt"
+fi
+if [[ $STAGE == all || $STAGE == summary ]]; then
+  # both evaluations read by the same (current) judges, then the before/after table
+  $PY -m unsafe_concepts.train.evaluate --rejudge --out "$OUT/eval_base" $JUDGES
+  $PY -m unsafe_concepts.train.evaluate --rejudge --out "$OUT/eval_ppo" $JUDGES
+  cp "$OUT/eval_base/metrics.json" "$RESULTS/eval_base.json"
+  cp "$OUT/eval_ppo/metrics.json" "$RESULTS/eval_ppo.json"
+  $PY scripts/train_evidence/summarize_ppo.py "$RESULTS" | tee "$RESULTS/summary.md"
 fi

@@ -50,9 +50,6 @@ def evaluate_alignment(model_spec: str, items, *, adapter: str | None, judges: l
     """Answer ``items`` with the model (+ adapter), judge, and write responses.jsonl + metrics.json."""
     from tqdm.auto import tqdm
 
-    from unsafe_concepts import metrics
-    from unsafe_concepts.judges import load_judge
-    from unsafe_concepts.judges.base import JudgeItem
     from unsafe_concepts.models.base import GenerationConfig, Query
     from unsafe_concepts.models.hf import HFBackend
 
@@ -61,12 +58,16 @@ def evaluate_alignment(model_spec: str, items, *, adapter: str | None, judges: l
     backend = HFBackend(model_spec, adapter=adapter, batch_size=batch_size)
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     task = "alignment_text_only" if all(it.image is None for it in items) else "alignment"
+    from unsafe_concepts.train.common import load_image
+
+    blank = load_image(None)
     texts: list[str | None] = []
     errors: list[str | None] = []
     t0 = time.perf_counter()
     for start in tqdm(range(0, len(items), batch_size), desc="answer", disable=quiet):
         chunk = items[start:start + batch_size]
-        image = (lambda it: it.image) if backend.supports_images else (lambda it: None)
+        # a VLM gets the item's image, or the protocol's blank white image for a text item (as in training)
+        image = (lambda it: it.image or blank) if backend.supports_images else (lambda it: None)
         for g in backend.generate([Query(id=it.id, prompt=it.prompt, image=image(it)) for it in chunk], gen):
             texts.append(g.text)
             errors.append(g.error)
@@ -75,10 +76,23 @@ def evaluate_alignment(model_spec: str, items, *, adapter: str | None, judges: l
              "concept": it.concept, "category": it.category, "label": it.label, "response": text, "error": err}
             for it, text, err in zip(items, texts, errors)]
     result = {"model": model_spec, "adapter": adapter, "n": len(rows), "answer_seconds": round(answer_s, 1),
-              "generation": gen.to_dict(), "judges": {}}
+              "generation": gen.to_dict()}
+    return score_rows(rows, task, judges, out, result)
+
+
+def score_rows(rows: list[dict], task: str, judges: list[str], out_dir: str | Path, result: dict | None = None) -> dict:
+    """Judge answered rows with each judge; metrics per judge, diversity; write responses.jsonl + metrics.json."""
+    from unsafe_concepts import metrics
+    from unsafe_concepts.judges import load_judge
+    from unsafe_concepts.judges.base import JudgeItem
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = dict(result or {})
+    result["judges"] = {}
     for name in judges:
         judge = load_judge(name)
-        ok = [r for r in rows if not r["error"]]
+        ok = [r for r in rows if not r.get("error")]
         verdicts = judge.judge([JudgeItem(task=task, prompt=r["prompt"], response=r["response"] or "") for r in ok])
         for r, v in zip(ok, verdicts):
             r[f"verdict_{name}"] = v.label
@@ -96,6 +110,18 @@ def evaluate_alignment(model_spec: str, items, *, adapter: str | None, judges: l
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def rejudge(out_dir: str | Path, judges: list[str]) -> dict:
+    """Judge an existing evaluation folder's answers again (e.g. with another judge), keeping its metadata."""
+    out = Path(out_dir)
+    path = out / "responses.jsonl"
+    if not path.exists():
+        raise UserError(f"no responses.jsonl in {out}: run the evaluation first")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    old = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+    keep = {k: v for k, v in old.items() if k not in ("judges", "diversity", "mean_words")}
+    return score_rows(rows, rows[0]["task"] if rows else "alignment_text_only", judges, out, keep)
 
 
 def load_general_questions() -> list[dict]:
@@ -151,7 +177,7 @@ def general_check(model_spec: str, *, adapter: str | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m unsafe_concepts.train.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", help="model spec (required unless --rejudge)")
     p.add_argument("--adapter")
     p.add_argument("--items", default="heldout-text:test")
     p.add_argument("--judge", action="append", help="judge(s) to score with (repeatable); default: rule")
@@ -162,8 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--general", action="store_true", help="also run the general-ability check")
+    p.add_argument("--rejudge", action="store_true", help="judge the answers already in --out again (no generation)")
     args = p.parse_args(argv)
     try:
+        if args.rejudge:
+            result = rejudge(args.out, args.judge or ["rule"])
+            print(json.dumps(result["judges"], indent=2))
+            return 0
+        if not args.model:
+            raise UserError("--model is required (unless --rejudge)")
         items = resolve_items(args.items)
         result = evaluate_alignment(args.model, items, adapter=args.adapter, judges=args.judge or ["rule"],
                                     out_dir=args.out, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
