@@ -443,7 +443,11 @@ def ensure_default_judge(*, quiet: bool = False) -> Path:
         old = out.with_name(f"{out.name}.old-{uuid.uuid4().hex[:8]}")
         if out.exists():
             out.rename(old)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / "judge.json").exists():  # another process finished first: keep its judge
+                raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
