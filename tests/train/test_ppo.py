@@ -129,3 +129,28 @@ def test_cli_train_ppo_writes_run_record(smollm2_path, tmp_path):
     # bad settings are a clear error, not a traceback
     config.write_text(json.dumps({"ppo_epochz": 2}))
     assert main(["train", "ppo", "--model", "smollm2-135m", "--config", str(config), "--out", str(out)]) == 2
+
+
+def test_recomputed_logprobs_match_the_sampling_distribution(tiny_llava_dir, tmp_path):
+    """PPO's log pi of a sampled answer must be the log-prob generate() sampled it with
+    (left padding, positions, temperature; no top-k/top-p truncation)."""
+    from transformers import GenerationConfig
+
+    from unsafe_concepts.train.common import encode_prompts
+
+    items = td.text_items(["Arson", "Torture"], ["teapot", "canoe"], seed=1, all_prompts=False)
+    cfg = ppo.PPOConfig(model=f"hf:{tiny_llava_dir}", modality="text", out_dir=str(tmp_path), temperature=0.7, **TINY)
+    trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
+    query = dict(encode_prompts(trainer.processor, [it.prompt for it in items], None))
+    assert query["attention_mask"].min() == 0  # prompts of different lengths: left padding is exercised
+    gen = GenerationConfig(do_sample=True, temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=6,
+                           pad_token_id=trainer.tokenizer.pad_token_id, eos_token_id=trainer.eos_ids)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = trainer.model.generate(**query, generation_config=gen, output_scores=True, return_dict_in_generate=True)
+        responses = out.sequences[:, query["input_ids"].shape[1]:]
+        mask = ppo.response_mask(responses, trainer.eos_ids)
+        logp, values, _ = trainer._forward(query, responses, mask, with_values=True)
+    sampled_with = ppo.logprobs_from_logits(torch.stack(out.scores, 1), responses)  # scores = logits / T
+    assert torch.allclose(logp * mask, sampled_with * mask, atol=1e-4)
+    assert values.shape == responses.shape

@@ -24,7 +24,6 @@ from typing import Any, Sequence
 
 from unsafe_concepts.errors import UserError
 
-ADAPTER_SUBDIR = "adapter"  # <out>/adapter: the final adapter, loadable with --adapter
 LOG_FILE = "log.jsonl"
 # Module names that belong to the vision side of a VLM (never adapted) or to the output head.
 _FROZEN_PARTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "mm_projector",
@@ -424,4 +423,4 @@ __all__ = ["TrainConfig", "config_from_dict", "config_from_file", "config_from_a
            "load_policy", "load_base_model", "add_lora", "lora_target_regex", "prepare_processor",
            "is_vlm_processor", "tokenizer_of", "chat_messages", "chat_text", "encode_prompts", "load_image",
            "make_scheduler", "TrainLogger", "save_adapter", "run_record", "write_json", "torch_dtype",
-           "trainable_parameters", "ADAPTER_SUBDIR", "LOG_FILE"]
+           "trainable_parameters", "LOG_FILE"]

@@ -51,7 +51,10 @@ _EPS = 1e-8
 
 @dataclass
 class PPOConfig(common.TrainConfig):
-    """PPO settings; defaults are the protocol's (``training.ppo``) unless stated."""
+    """PPO settings; defaults are the protocol's (``training.ppo``) unless stated.
+
+    One step = one rollout of ``rollout_batch_size`` prompts; ``epochs`` counts passes over the
+    training items (unless ``max_steps``); the inherited ``batch_size`` is not used by PPO."""
 
     learning_rate: float = 3e-5
     kl_coef: float = 0.1
