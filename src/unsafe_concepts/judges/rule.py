@@ -208,7 +208,12 @@ def clause_statements(clause: str) -> list[tuple[float, bool, str]]:
 def statements(text: str) -> list[Statement]:
     found: list[Statement] = []
     for i, sent in enumerate(sentences(text)):
-        body = _OPENING.sub("", sent, count=1) if i == 0 else sent
+        body = sent
+        if i == 0:
+            # "No, no, it is not safe": every repeated opening answer word goes, or the second "no"
+            # would read as a negation of "not safe" (a double negative that is not there).
+            while _OPENING.match(body):
+                body = _OPENING.sub("", body, count=1).lstrip(" ,.:;-!")
         body = body.lstrip(" ,.:;-")
         conclusion = bool(_CONCLUSION.match(body))
         for clause, concessive in _clauses(body):
