@@ -53,6 +53,8 @@ class PostEvalConfig:
     device: str | None = None
     base_url: str | None = None  # for openai: models
     api_key_env: str = "OPENAI_API_KEY"  # the variable's name; the key itself is never stored
+    concurrency: int = 8  # parallel requests for openai: models
+    text_only: bool = False  # the model cannot see images (see `evaluate --text-only`)
 
     def validate(self) -> None:
         if self.modality not in ("image", "text"):
@@ -235,7 +237,8 @@ def run_posteval(config: PostEvalConfig, *, backend=None, judge=None, llava_judg
         from unsafe_concepts.models.registry import load_model
 
         backend = load_model(config.model, adapter=config.adapter, dtype=config.dtype, device=config.device,
-                             base_url=config.base_url, api_key_env=config.api_key_env)
+                             base_url=config.base_url, api_key_env=config.api_key_env,
+                             concurrency=config.concurrency, text_only=config.text_only)
     needs_judge = config.unsafeconcepts or config.smid or config.nsfw
     if judge is None and needs_judge:
         from unsafe_concepts.judges import load_judge
