@@ -65,3 +65,25 @@ def test_prefix_stable_and_edges() -> None:
     assert reference_prompt_indices(20, seed=1) != reference_prompt_indices(20)
     with pytest.raises(ValueError):
         reference_prompt_indices(-1)
+
+
+@needs_reference
+@pytest.mark.parametrize("model,path,n_rows", [
+    ("sft", RESPONSES / "sft/SMID_result.json", 2941),  # SMID has 2,941 images
+    ("dpo", RESPONSES / "dpo/SMID_result.json", 2941),
+    ("sft", RESPONSES / "sft/NSFW_result.json", 1800),
+])
+def test_smid_and_nsfw_subsets_reproduced(model: str, path: Path, n_rows: int) -> None:
+    from unsafe_concepts.data.pairing import reference_subset_indices
+
+    published = [int(Path(r["image_fname"]).stem) for r in json.loads(path.read_text())]
+    assert published == reference_subset_indices(n_rows)
+
+
+@needs_reference
+def test_ppo_nsfw_file_holds_every_row_in_order() -> None:
+    from unsafe_concepts.data.pairing import reference_subset_indices
+
+    rows = json.loads((RESPONSES / "ppo/NSFW_result.json").read_text())
+    assert [int(Path(r["image_fname"]).stem) for r in rows] == list(range(1800))
+    assert reference_subset_indices(1800, k=1800) == list(range(1800))
