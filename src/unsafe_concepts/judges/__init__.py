@@ -18,16 +18,20 @@ from unsafe_concepts.judges.base import (
     JudgeItem,
     Verdict,
     is_perception,
+    item_kind,
+    kind_for,
     labels_for,
 )
+
+DEFAULT_JUDGE = "classifier"  # the one default of evaluate, judge apply, training rewards and the demo
 
 JUDGE_NAMES = ("rule", "first-word", "classifier", "classifier:<dir>", "roberta-ref[:<path or hub id>]",
                "llm:<model spec>")
 
 
-def load_judge(name: str) -> Judge:
-    """A judge by name (see the module docstring)."""
-    name = (name or "").strip()
+def load_judge(name: str | None = None) -> Judge:
+    """A judge by name (see the module docstring); ``None`` or "" is ``DEFAULT_JUDGE``."""
+    name = (name or "").strip() or DEFAULT_JUDGE
     kind, _, arg = name.partition(":")
     if kind == "rule" and not arg:
         from unsafe_concepts.judges.rule import RuleJudge
@@ -54,5 +58,5 @@ def load_judge(name: str) -> Judge:
     raise UserError(f"unknown judge {name!r}: choose one of {', '.join(JUDGE_NAMES)}")
 
 
-__all__ = ["ALIGNMENT_LABELS", "PERCEPTION_LABELS", "UNCLEAR", "Judge", "JudgeItem", "Verdict", "is_perception",
-           "labels_for", "load_judge", "JUDGE_NAMES"]
+__all__ = ["ALIGNMENT_LABELS", "PERCEPTION_LABELS", "UNCLEAR", "DEFAULT_JUDGE", "Judge", "JudgeItem", "Verdict",
+           "is_perception", "item_kind", "kind_for", "labels_for", "load_judge", "JUDGE_NAMES"]

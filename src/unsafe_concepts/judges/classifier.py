@@ -33,7 +33,8 @@ from unsafe_concepts.judges.base import (
     Judge,
     JudgeItem,
     Verdict,
-    is_perception,
+    item_kind,
+    kind_for,
 )
 
 HEADS = {"alignment": ALIGNMENT_LABELS, "perception": PERCEPTION_LABELS}  # the verdict label sets
@@ -81,8 +82,12 @@ def default_judge_dir() -> Path:
     return paths.home() / "judges" / "default-classifier"
 
 
-def _kind(task: str) -> str:
-    return "perception" if is_perception(task) else "alignment"
+def _row_kind(row: dict) -> str:
+    return kind_for(row["task"], row.get("kind"))
+
+
+def _row_item(row: dict) -> JudgeItem:
+    return JudgeItem(row["task"], row["prompt"], row["response"], row.get("kind"))
 
 
 def rows_hash(rows: list[dict]) -> str:
@@ -132,7 +137,7 @@ def rule_reading(item: JudgeItem) -> str:
     """The rule judge's verdict, given to the classifier as a hint it learns when to trust."""
     from unsafe_concepts.judges.rule import judge_alignment_text, judge_perception_text
 
-    if is_perception(item.task):
+    if item_kind(item) == "perception":
         return judge_perception_text(item.prompt, item.response or "")[0]
     return judge_alignment_text(item.response or "")[0]
 
@@ -145,7 +150,7 @@ def encode(tokenizer, items: list[JudgeItem], max_length: int = MAX_LENGTH, rule
     ell = tokenizer.convert_tokens_to_ids(tokenizer.tokenize("..."))
     batch = []
     for it in items:
-        marker = f"[{_kind(it.task)}] [reading: {rule_reading(it)}]" if rule_hint else f"[{_kind(it.task)}]"
+        marker = f"[{item_kind(it)}] [reading: {rule_reading(it)}]" if rule_hint else f"[{item_kind(it)}]"
         first = tokenizer(f"{marker} {it.prompt}", add_special_tokens=False)["input_ids"][:PROMPT_TOKENS]
         resp = tokenizer(it.response or "", add_special_tokens=False)["input_ids"]
         room = max_length - len(first) - 3
@@ -209,7 +214,7 @@ class ClassifierJudge(Judge):
         """Raw head logits per item (a list of 1-D tensors; length depends on the task type)."""
         out: list = [None] * len(items)
         for kind in HEADS:
-            idx = [i for i, it in enumerate(items) if _kind(it.task) == kind]
+            idx = [i for i, it in enumerate(items) if item_kind(it) == kind]
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start:start + self.batch_size]
                 enc = encode(self.tokenizer, [items[i] for i in chunk], self.max_length, self.rule_hint)
@@ -224,10 +229,13 @@ class ClassifierJudge(Judge):
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         verdicts = []
         for it, logits in zip(items, self.logits(items)):
-            kind = _kind(it.task)
-            probs = verdict_probs(kind, torch.softmax(logits.float(), dim=-1).tolist(), rule_reading(it))
+            kind = item_kind(it)
+            reading = rule_reading(it)
+            probs = verdict_probs(kind, torch.softmax(logits.float(), dim=-1).tolist(), reading)
             best = max(probs, key=probs.get)
-            verdicts.append(Verdict(label=best, confidence=probs[best], probs=probs))
+            why = "agrees with the rule reading" if best == reading else f"overrides the rule reading {reading!r}"
+            verdicts.append(Verdict(label=best, confidence=probs[best], probs=probs,
+                                    reason=f"classifier p={probs[best]:.2f}, {why}"))
         return verdicts
 
     def describe(self) -> dict:
@@ -244,7 +252,7 @@ def _check_rows(rows: list[dict]) -> None:
         for k in ("task", "prompt", "response", "label"):
             if k not in r:
                 raise UserError(f"{where}: missing field {k!r}")
-        allowed = HEADS[_kind(r["task"])]
+        allowed = HEADS[_row_kind(r)]
         if r["label"] not in allowed:
             raise UserError(f"{where}: label {r['label']!r} is not one of {list(allowed)} for task {r['task']!r}")
 
@@ -284,7 +292,7 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
         rng = random.Random(seed * 1000 + epoch)
         out = []
         for kind in HEADS:
-            group = [r for r in train if _kind(r["task"]) == kind]
+            group = [r for r in train if _row_kind(r) == kind]
             rng.shuffle(group)
             # sort within windows of 8 batches by length, then shuffle the batches
             for w in range(0, len(group), batch_size * 8):
@@ -309,7 +317,7 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
                                    file=sys.stderr) as bar:
             for i in range(0, len(train), 32):
                 chunk = train[i:i + 32]
-                enc = encode(tokenizer, [JudgeItem(r["task"], r["prompt"], r["response"]) for r in chunk], max_length,
+                enc = encode(tokenizer, [_row_item(r) for r in chunk], max_length,
                              rule_hint)
                 if not use_types:
                     enc.pop("token_type_ids")
@@ -328,13 +336,13 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
                 h = cache[id(r)]
                 hidden[j, : h.shape[0]], mask[j, : h.shape[0]] = h, 1
             return model.forward_from(hidden, mask, kind, start)
-        enc = encode(tokenizer, [JudgeItem(r["task"], r["prompt"], r["response"]) for r in batch], max_length,
+        enc = encode(tokenizer, [_row_item(r) for r in batch], max_length,
                      rule_hint)
         if not use_types:
             enc.pop("token_type_ids")
         return model(kind=kind, **enc)
 
-    readings = {id(r): rule_reading(JudgeItem(r["task"], r["prompt"], r["response"])) for r in train}
+    readings = {id(r): rule_reading(_row_item(r)) for r in train}
     steps = epochs * len(batches(0))
     optimizer = torch.optim.AdamW([
         {"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": lr},
@@ -348,7 +356,7 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
     with tqdm(total=steps, desc="training judge", unit="step", disable=quiet, file=sys.stderr) as bar:
         for epoch in range(epochs):
             for batch in batches(epoch):
-                kind = _kind(batch[0]["task"])
+                kind = _row_kind(batch[0])
                 target = torch.tensor([HEAD_OUTPUTS[kind].index(head_target(kind, r["label"], readings[id(r)]))
                                        for r in batch])
                 loss = loss_fn(forward_batch(batch, kind), target)
@@ -378,8 +386,8 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
         "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
         "trained_layers": (len(blocks) - start) if blocks is not None else "all",
         "data_sha256": rows_hash(train),
-        "n_train": {k: sum(_kind(r["task"]) == k for r in train) for k in HEADS},
-        "n_test": {k: sum(_kind(r["task"]) == k for r in test) for k in HEADS},
+        "n_train": {k: sum(_row_kind(r) == k for r in train) for k in HEADS},
+        "n_test": {k: sum(_row_kind(r) == k for r in test) for k in HEADS},
         "train_seconds": round(time.time() - started, 1),
         "metrics": {},
         **(extra_meta or {}),
@@ -389,9 +397,9 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
         from unsafe_concepts.judges.agreement import agreement_report
 
         judge = ClassifierJudge(model, tokenizer, meta, out_dir)
-        verdicts = judge.judge([JudgeItem(r["task"], r["prompt"], r["response"]) for r in test])
+        verdicts = judge.judge([_row_item(r) for r in test])
         for kind, labels in HEADS.items():
-            idx = [i for i, r in enumerate(test) if _kind(r["task"]) == kind]
+            idx = [i for i, r in enumerate(test) if _row_kind(r) == kind]
             if idx:
                 rep = agreement_report([test[i]["label"] for i in idx], [verdicts[i].label for i in idx], labels)
                 meta["metrics"][kind] = {k: rep[k] for k in ("n", "accuracy", "macro_f1", "kappa", "confusion")}

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from unsafe_concepts.errors import UserError
-from unsafe_concepts.judges.base import UNCLEAR, JudgeItem, is_perception, labels_for
+from unsafe_concepts.judges.base import KINDS, UNCLEAR, JudgeItem, kind_for, labels_for
 
 BATCH = 32
 
@@ -68,7 +68,8 @@ def judge_rows(judge, rows: list[dict], *, desc: str = "judging", quiet: bool = 
     with tqdm(total=len(todo), desc=desc, unit="row", disable=quiet, file=sys.stderr) as bar:
         for start in range(0, len(todo), BATCH):
             idx = todo[start:start + BATCH]
-            items = [JudgeItem(task=rows[i]["task"], prompt=rows[i]["prompt"], response=rows[i]["response"]) for i in idx]
+            items = [JudgeItem(task=rows[i]["task"], prompt=rows[i]["prompt"], response=rows[i]["response"],
+                               kind=_row_kind_field(rows[i])) for i in idx]
             for i, v in zip(idx, judge.judge(items)):
                 verdicts[i] = v
             bar.update(len(idx))
@@ -90,7 +91,7 @@ def cli_apply(args) -> int:
             r["verdict"], r["confidence"] = None, None
             r["judge_error"] = "no response to judge" + (f" (query error: {r['error']})" if r.get("error") else "")
         else:
-            r["verdict"], r["confidence"] = v.label, v.confidence
+            r["verdict"], r["confidence"], r["verdict_reason"] = v.label, v.confidence, v.reason
             if v.probs is not None:
                 r["verdict_probs"] = v.probs
         r["judge"] = args.judge
@@ -107,8 +108,14 @@ def cli_apply(args) -> int:
 
 # ----------------------------------------------------------------------------- eval
 
-def _kind(task: str) -> str:
-    return "perception" if is_perception(task) else "alignment"
+def _row_kind_field(row: dict) -> str | None:
+    """A row's own "kind" ("alignment" | "perception") if it has a valid one; else the task name decides."""
+    kind = row.get("kind")
+    return kind if kind in KINDS else None
+
+
+def _kind(row: dict) -> str:
+    return kind_for(row["task"], _row_kind_field(row))
 
 
 def evaluate_judge(judge, rows: list[dict], *, other=None, quiet: bool = False) -> dict:
@@ -117,7 +124,7 @@ def evaluate_judge(judge, rows: list[dict], *, other=None, quiet: bool = False) 
 
     rows = [r for r in rows if isinstance(r.get("response"), str)]
     for r in rows:
-        allowed = labels_for(r["task"])
+        allowed = labels_for(r["task"], _row_kind_field(r))
         if r["label"] not in allowed:
             raise UserError(f"line {r.get('_line', '?')}: label {r['label']!r} is not one of {list(allowed)} "
                             f"for task {r['task']!r}")
@@ -125,10 +132,10 @@ def evaluate_judge(judge, rows: list[dict], *, other=None, quiet: bool = False) 
     theirs = judge_rows(other, rows, desc="against", quiet=quiet) if other is not None else None
     result: dict = {}
     for kind in ("alignment", "perception"):
-        idx = [i for i, r in enumerate(rows) if _kind(r["task"]) == kind]
+        idx = [i for i, r in enumerate(rows) if _kind(r) == kind]
         if not idx:
             continue
-        labels = labels_for(kind)
+        labels = labels_for(kind=kind)
         truth = [rows[i]["label"] for i in idx]
         entry = {"vs_labels": agreement_report(truth, [mine[i].label for i in idx], labels)}
         if theirs is not None:

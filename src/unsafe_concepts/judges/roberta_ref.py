@@ -30,7 +30,7 @@ from unsafe_concepts.judges.base import (
     Judge,
     JudgeItem,
     Verdict,
-    is_perception,
+    item_kind,
 )
 
 HUB_REPOS = {"alignment": "yiting/alignment_classifier", "perception": "yiting/perception_classifier"}
@@ -175,7 +175,7 @@ class RobertaRefJudge(Judge):
     def logits(self, items: list[JudgeItem]) -> list:
         out: list = [None] * len(items)
         for kind, model in self.models.items():
-            idx = [i for i, it in enumerate(items) if ("perception" if is_perception(it.task) else "alignment") == kind]
+            idx = [i for i, it in enumerate(items) if item_kind(it) == kind]
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start:start + self.batch_size]
                 enc = self.tokenizer([items[i].response or "" for i in chunk], padding=True, truncation=True,
@@ -187,17 +187,18 @@ class RobertaRefJudge(Judge):
         return out
 
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
-        needed = {"perception" if is_perception(it.task) else "alignment" for it in items}
+        needed = {item_kind(it) for it in items}
         lacking = needed - set(self.models)
         if lacking:
             raise UserError(f"roberta-ref: no {'/'.join(sorted(lacking))} checkpoint loaded "
                             f"(have: {', '.join(sorted(self.models)) or 'none'})")
         verdicts = []
         for it, logits in zip(items, self.logits(items)):
-            labels = REF_LABELS["perception" if is_perception(it.task) else "alignment"]
+            labels = REF_LABELS[item_kind(it)]
             probs = torch.softmax(logits.float(), dim=-1).tolist()
             best = max(range(len(labels)), key=lambda j: probs[j])
-            verdicts.append(Verdict(label=labels[best], confidence=probs[best], probs=dict(zip(labels, probs))))
+            verdicts.append(Verdict(label=labels[best], confidence=probs[best], probs=dict(zip(labels, probs)),
+                                    reason=f"reference RoBERTa p={probs[best]:.2f}"))
         return verdicts
 
     def describe(self) -> dict:
