@@ -107,13 +107,19 @@ def load_hf_model(
     device: str | None = None,
     adapter: str | Path | None = None,
     adapter_trainable: bool = False,
+    trust_remote_code: bool = False,
+    prompt_format: str | None = None,
 ):
     """Load a model and its processor: ``(model, processor)``, model in eval mode on the chosen device.
 
     VLMs (a config known to ``AutoModelForImageTextToText`` whose folder has an image processor)
     come with an ``AutoProcessor``; text-only LMs with an ``AutoTokenizer``. The tokenizer pads on
     the left (generation). ``adapter`` loads a PEFT adapter on top (frozen unless
-    ``adapter_trainable``)."""
+    ``adapter_trainable``). ``trust_remote_code`` runs the Python code a model folder ships
+    (``auto_map`` in its config: e.g. CogVLM, InternLM-XComposer2); without it such a model is
+    refused with a message that says so. ``prompt_format`` (see ``models.inputs.PROMPT_FORMATS``)
+    is recorded on the processor, so every later encoding uses it."""
+    from unsafe_concepts.models import inputs
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -125,37 +131,52 @@ def load_hf_model(
     source = resolve_source(spec_or_path)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, **remote)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model {spec_or_path!r}: {e}") from None
+        raise UserError(_load_error(spec_or_path, e, trust_remote_code)) from None
 
     processor = None
-    if _is_vlm_config(config):
+    if _is_vlm_config(config) or _remote_vlm(config, trust_remote_code):
         try:
-            processor = AutoProcessor.from_pretrained(source)
-        except (OSError, ValueError, TypeError) as e:
+            processor = AutoProcessor.from_pretrained(source, **remote)
+        except (OSError, ValueError, TypeError, ImportError) as e:
             raise UserError(f"cannot load the processor of {spec_or_path!r}: {e}") from None
         if getattr(processor, "image_processor", None) is None:
             processor = None  # a VLM architecture shipped without an image processor: use it as text-only
     try:
         if processor is not None:
-            model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype)
+            model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype, **remote)
         else:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
-            processor = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **remote)
+            processor = AutoTokenizer.from_pretrained(source, **remote)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model {spec_or_path!r}: {e}") from None
+        raise UserError(_load_error(spec_or_path, e, trust_remote_code)) from None
 
     tokenizer = getattr(processor, "tokenizer", processor)
     tokenizer.padding_side = "left"  # generation continues from the right end of every row
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    inputs.configure(processor, prompt_format=prompt_format, model_type=config.model_type)
     model.to(dev)
     model.eval()
     if adapter:
         model = _load_adapter(model, adapter, trainable=adapter_trainable)
     return model, processor
+
+
+def _remote_vlm(config, trust_remote_code: bool) -> bool:
+    """A remote-code model that declares an image-text-to-text class in its ``auto_map``."""
+    return trust_remote_code and "AutoModelForImageTextToText" in (getattr(config, "auto_map", None) or {})
+
+
+def _load_error(spec, error: Exception, trust_remote_code: bool) -> str:
+    text = str(error)
+    if not trust_remote_code and "trust_remote_code" in text:
+        return (f"model {spec!r} ships its own Python code (auto_map in its config), which is not run by default. "
+                "If you trust its source, pass --trust-remote-code (recorded in run.json)")
+    return f"cannot load model {spec!r}: {text}"
 
 
 def _load_adapter(model, adapter: str | Path, *, trainable: bool):
@@ -185,11 +206,15 @@ class HFBackend(ModelBackend):
         device: str | None = None,
         batch_size: int = 16,
         merge_adapter: bool = True,
+        trust_remote_code: bool = False,
+        prompt_format: str | None = None,
     ):
         self.spec = spec
         self.adapter = str(adapter) if adapter else None
         self.source = resolve_source(spec)
-        self.model, self.processor = load_hf_model(spec, dtype=dtype, device=device, adapter=adapter)
+        self.trust_remote_code = bool(trust_remote_code)
+        self.model, self.processor = load_hf_model(spec, dtype=dtype, device=device, adapter=adapter,
+                                                   trust_remote_code=trust_remote_code, prompt_format=prompt_format)
         if adapter and merge_adapter:
             # Inference only: folding the LoRA weights in makes generation as fast as the base model.
             self.model = self.model.merge_and_unload()
@@ -204,6 +229,8 @@ class HFBackend(ModelBackend):
     # ---- public
 
     def describe(self) -> dict:
+        from unsafe_concepts.models import inputs
+
         cfg = self.model.config
         out = {
             "backend": "hf",
@@ -218,6 +245,8 @@ class HFBackend(ModelBackend):
             "revision": getattr(cfg, "_commit_hash", None),
             "batch_size": self.batch_size,
             "untrained_vision": False,
+            "trust_remote_code": self.trust_remote_code,
+            "prompt_format": inputs.prompt_format(self.processor),
         }
         out.update(self.labels)
         return out
@@ -332,33 +361,16 @@ class HFBackend(ModelBackend):
         return self.tokenizer.decode(ids[len(ids) - keep:], skip_special_tokens=False) if keep else ""
 
     def _encode(self, items):
-        texts = [self._chat_text(prompt, image is not None) for _, prompt, image in items]
-        bos = self.tokenizer.bos_token
-        # As transformers does: a template that already starts with BOS must not get a second one.
-        add_special = not (bos and texts[0].startswith(bos))
-        kwargs = {"padding": True, "return_tensors": "pt", "add_special_tokens": add_special}
-        if self.supports_images:
-            images = [[image] for _, _, image in items] if items[0][2] is not None else None
-            inputs = self.processor(text=texts, images=images, **kwargs)
-            inputs.pop("labels", None)  # PaliGemma's processor adds training labels; generate needs none
-        else:
-            inputs = self.tokenizer(texts, **kwargs)
-        return inputs.to(self.model.device)
+        """The model inputs of ``(pos, prompt, image)`` items: the shared builder, as the trainers use it."""
+        from unsafe_concepts.models import inputs
 
-    def _chat_text(self, prompt: str, with_image: bool) -> str:
-        """The query as the model expects it: its chat template, the image first (as in LLaVA)."""
-        if self.supports_images:
-            content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
-            if getattr(self.processor, "chat_template", None):
-                messages = [{"role": "user", "content": content}]
-                return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            # No template (e.g. PaliGemma): the processor places image tokens and BOS itself.
-            token = getattr(self.processor, "image_token", "<image>")
-            return (token if with_image else "") + prompt
-        if self.tokenizer.chat_template:
-            messages = [{"role": "user", "content": prompt}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return prompt  # a base LM without a chat template gets the bare prompt
+        images = [image for _, _, image in items] if self.supports_images and items[0][2] is not None else None
+        return inputs.encode(self.processor, [prompt for _, prompt, _ in items], images).to(self.model.device)
+
+    def encode_queries(self, queries: list[Query]):
+        """The exact model inputs (token ids, pixel values...) this backend builds for ``queries``
+        (all with, or all without, an image); used to check that training encodes the same."""
+        return self._encode([(k, self._check_prompt(q), self._load_image(q)) for k, q in enumerate(queries)])
 
     def _gen_config(self, config: GenerationConfig):
         gen = self.model.generation_config.__class__.from_dict(self.model.generation_config.to_dict())

@@ -24,12 +24,20 @@ def load_model(
     device: str | None = None,
     concurrency: int = 8,
     text_only: bool = False,
+    trust_remote_code: bool = False,
+    prompt_format: str | None = None,
 ) -> ModelBackend:
-    """The backend a model spec names. Unknown specs raise a UserError listing the valid forms."""
+    """The backend a model spec names. Unknown specs raise a UserError listing the valid forms.
+
+    ``trust_remote_code`` (off by default) lets an ``hf:`` model run the Python code its folder
+    ships; ``prompt_format`` picks how ``hf:`` prompts are wrapped (``models.inputs.PROMPT_FORMATS``)."""
     spec = (spec or "").strip()
     if spec.startswith("openai:"):
         if adapter:
             raise UserError("--adapter applies to hf: models only (an openai: model is served elsewhere)")
+        if trust_remote_code or prompt_format not in (None, "auto"):
+            raise UserError("--trust-remote-code and --prompt-format apply to hf: models only "
+                            "(an openai: server applies its own chat template)")
         model = spec[len("openai:"):]
         if not model:
             raise UserError("empty model name after 'openai:'")
@@ -42,8 +50,16 @@ def load_model(
     if spec.startswith("hf:") or spec in OFFLINE_ALIASES:
         from unsafe_concepts.models.hf import HFBackend  # lazy: torch/transformers only when needed
 
-        backend = HFBackend(spec, adapter=adapter, dtype=dtype, device=device)
+        backend = HFBackend(spec, adapter=adapter, dtype=dtype, device=device,
+                            trust_remote_code=trust_remote_code, prompt_format=prompt_format)
         if text_only:
             backend.supports_images = False
         return backend
     raise UserError(f"unknown model spec {spec!r}; valid forms: " + "; ".join(VALID_FORMS))
+
+
+def model_options(source) -> dict:
+    """The hf: loading options held by parsed CLI flags or a config object (absent -> defaults):
+    ``load_model(spec, **model_options(args))``."""
+    return {"trust_remote_code": bool(getattr(source, "trust_remote_code", False)),
+            "prompt_format": getattr(source, "prompt_format", None)}

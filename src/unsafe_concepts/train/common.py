@@ -183,11 +183,15 @@ def torch_dtype(name: str | None):
 
 def is_vlm_processor(processor) -> bool:
     """A VLM processor carries an image processor; a text model comes with a bare tokenizer."""
-    return getattr(processor, "image_processor", None) is not None
+    from unsafe_concepts.models import inputs
+
+    return inputs.is_vlm(processor)
 
 
 def tokenizer_of(processor):
-    return getattr(processor, "tokenizer", processor)
+    from unsafe_concepts.models import inputs
+
+    return inputs.tokenizer_of(processor)
 
 
 def _load_local(path: str | Path, dtype, device):
@@ -278,38 +282,27 @@ def trainable_parameters(model) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------- encoding
+# Prompts are built by the one builder the evaluation backend uses too (``models/inputs.py``), so
+# the policy is trained on exactly the inputs it is later evaluated on (tests/models/test_inputs.py).
 def chat_messages(prompt: str, *, vlm: bool) -> list[dict]:
     """One user turn; for a VLM the image comes first, as LLaVA-style templates expect."""
-    if vlm:
-        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    return [{"role": "user", "content": prompt}]
+    from unsafe_concepts.models import inputs
+
+    return inputs.chat_messages(prompt, with_image=vlm, vlm=vlm)
 
 
 def chat_text(processor, prompt: str) -> str:
-    """The templated prompt string, ending with the assistant's turn opener.
+    """The templated prompt string, ending with the assistant's turn opener (VLMs: with the image)."""
+    from unsafe_concepts.models import inputs
 
-    Mirrors the HF evaluation backend (``models/hf.py``), so the policy is trained on exactly the
-    strings it is later evaluated on: image first for VLMs, bare prompt without a template."""
-    vlm = is_vlm_processor(processor)
-    owner = processor if vlm else tokenizer_of(processor)
-    if getattr(owner, "chat_template", None):
-        return owner.apply_chat_template(chat_messages(prompt, vlm=vlm), add_generation_prompt=True, tokenize=False)
-    if vlm:  # no template (e.g. PaliGemma): the processor places image tokens itself
-        return getattr(processor, "image_token", "<image>") + prompt
-    return prompt
+    return inputs.chat_text(processor, prompt, with_image=inputs.is_vlm(processor))
 
 
 def load_image(image):
     """A path, a PIL image, or None (-> the protocol's blank white image) as an RGB PIL image."""
-    if image is None:
-        from PIL import Image
+    from unsafe_concepts.models import inputs
 
-        return Image.new("RGB", (1000, 1000), (255, 255, 255))
-    if isinstance(image, (str, Path)):
-        from unsafe_concepts.data.records import load_rgb
-
-        return load_rgb(image)
-    return image.convert("RGB")
+    return inputs.load_image(image)
 
 
 def encode_prompts(processor, prompts: Sequence[str], images: Sequence[Any] | None = None, *,
@@ -317,18 +310,9 @@ def encode_prompts(processor, prompts: Sequence[str], images: Sequence[Any] | No
     """A left-padded batch (``input_ids``, ``attention_mask``, and ``pixel_values`` for a VLM).
 
     Text models ignore ``images``; a VLM gets each item's image, or the blank white one when None."""
-    texts = [chat_text(processor, p) for p in prompts]
-    tok = tokenizer_of(processor)
-    bos = tok.bos_token
-    # As transformers does: a template that already starts with BOS must not get a second one.
-    kwargs = {"padding": True, "return_tensors": "pt", "add_special_tokens": not (bos and texts[0].startswith(bos))}
-    if is_vlm_processor(processor):
-        imgs = [[load_image(im)] for im in (images if images is not None else [None] * len(texts))]
-        return processor(text=texts, images=imgs, **kwargs)
-    if max_prompt_len:
-        tok.truncation_side = "left"  # keep the end of the prompt: the question and the assistant turn
-        kwargs.update(truncation=True, max_length=max_prompt_len)
-    return tok(texts, **kwargs)
+    from unsafe_concepts.models import inputs
+
+    return inputs.encode(processor, prompts, images, blank_for_missing=True, max_length=max_prompt_len)
 
 
 # ---------------------------------------------------------------------------- schedule
