@@ -4,13 +4,11 @@ Nothing here contacts huggingface.co: conversions use in-memory datasets, access
 real local HTTP server standing in for the Hub (HF_ENDPOINT) and from HF_HUB_OFFLINE=1."""
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections import Counter
 
 import pytest
@@ -103,35 +101,13 @@ def test_safe_dataset_to_layout_keeps_hub_index(tmp_path):
 
 
 # ------------------------------------------------------------------ access errors
-class FakeHub(http.server.BaseHTTPRequestHandler):
-    """Answers like the Hub does for a repo the caller may not read: status + X-Error-Code by repo name."""
-
-    RULES = {"gated401": (401, "GatedRepo"), "gated403": (403, "GatedRepo"), "missing": (404, "RepoNotFound")}
-
-    def _answer(self):
-        status, code = next((v for k, v in self.RULES.items() if f"/{k}/" in self.path), (404, "RepoNotFound"))
-        body = b'{"error": "Access to this dataset is restricted."}'
-        self.send_response(status)
-        self.send_header("X-Error-Code", code)
-        self.send_header("X-Error-Message", "Access to this dataset is restricted.")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    do_GET = do_HEAD = do_POST = _answer
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def fake_hub():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    """The local Hub stand-in (tests/data/_hub_standin.py): gated401/gated403/missing repos refuse access."""
+    from _hub_standin import start
+
+    server, url = start()
+    yield url
     server.shutdown()
 
 

@@ -46,7 +46,7 @@ def test_benchmark_option_sets_are_used_when_present(small_dataset):
                       "correct_option": "A" if i % 2 else "D"})
     (small_dataset / "perception_metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fixed))
     bench = load_benchmark(str(small_dataset))
-    assert bench.perception_source == "benchmark"
+    assert bench.perception_source == "reference"
     assert bench.perception == {r["image_filename"]: (r["option_str"], r["correct_option"]) for r in fixed}
 
 
@@ -64,3 +64,32 @@ def test_reference_perception_file_parses():
     rows = [json.loads(line) for line in (ref / "perception_metadata.jsonl").read_text().splitlines()]
     for row in rows:
         assert parse_option_str(row["option_str"])[row["correct_option"]] == row["unsafe_concept"]
+
+
+def test_benchmark_images_without_the_file_get_the_shipped_options_not_generated(tmp_path):
+    """A folder of the benchmark's own images lacking perception_metadata.jsonl (e.g. a download made
+    before it was shipped) uses the shipped option sets and the shipped context questions."""
+    from _data_helpers import write_jsonl, write_png
+
+    from unsafe_concepts.data.reference_files import SHIPPED_PERCEPTION
+
+    shipped = [json.loads(line) for line in SHIPPED_PERCEPTION.read_text().splitlines()[:10]]
+    for r in shipped:
+        write_png(tmp_path / "ds" / r["image_filename"])
+    write_jsonl(tmp_path / "ds" / "metadata.jsonl",
+                [{k: r[k] for k in ("image_filename", "category", "unsafe_concept")} for r in shipped])
+    bench = load_benchmark(str(tmp_path / "ds"))
+    assert bench.perception_source == "reference"
+    assert bench.perception["images/3.png"] == (shipped[3]["option_str"], shipped[3]["correct_option"])
+    assert bench.context_source == "reference" and len(bench.context) == 75
+    # the same rows under another concept are not the benchmark's images: generated, and said so
+    other = [{**r, "unsafe_concept": "Arson", "category": "Illegal activity"} for r in shipped]
+    write_jsonl(tmp_path / "ds" / "metadata.jsonl",
+                [{k: r[k] for k in ("image_filename", "category", "unsafe_concept")} for r in other])
+    bench = load_benchmark(str(tmp_path / "ds"))
+    assert bench.perception_source == "generated" and bench.describe()["perception_options"] == "generated"
+
+
+def test_sample_keeps_its_own_context_and_generated_options():
+    bench = load_benchmark("sample")
+    assert bench.perception_source == "generated" and bench.context_source == "folder"

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from unsafe_concepts import paths
 from unsafe_concepts.data.pairing import reference_prompt_indices
 from unsafe_concepts.prompts import ALIGNMENT_PROMPTS
 
-RESPONSES = Path("/work/shared/reference/responses/llava-1.5-7b")
+_REF = paths.reference_dir()
+RESPONSES = (_REF / "responses/llava-1.5-7b") if _REF else Path("/nonexistent")
 needs_reference = pytest.mark.skipif(not RESPONSES.is_dir(), reason="reference answers not available")
 
 

@@ -93,17 +93,18 @@ def test_nsfw_folder_and_table(nsfw_folder, tmp_path):
     table.write_text("image,label\nsafe/0.png,maybe\n")
     with pytest.raises(UserError, match=r"labels.csv:2: label must be one of"):
         load_nsfw(str(table))
-    with pytest.raises(UserError, match="no default download"):
-        load_nsfw("hf")
 
 
 def test_smid_and_nsfw_are_registered_tasks(smid_folder, nsfw_folder):
     from unsafe_concepts.tasks import TaskOptions, get_task
 
     smid = get_task("smid")
-    samples = smid.build(smid.load_data(str(smid_folder)), TaskOptions())
+    samples = smid.build(smid.load_data(str(smid_folder)), TaskOptions(pairing="all"))
     assert smid.after_training and len(samples) == 5 * 5  # 5 images outside the neutral band x 5 prompts
     assert {s.label for s in samples} == {"safe", "unsafe"} and samples[0].image.endswith(".jpg")
+    # the default is the reference's pairing: one prompt per image, numpy seed 42 in file order
+    samples = smid.build(smid.load_data(str(smid_folder)), TaskOptions())
+    assert [s.prompt_index for s in samples] == [3, 4, 2, 4, 4]
     nsfw = get_task("nsfw")
-    samples = nsfw.build(nsfw.load_data(str(nsfw_folder)), TaskOptions(prompt_indices=(0,)))
+    samples = nsfw.build(nsfw.load_data(str(nsfw_folder)), TaskOptions(prompt_indices=(0,), pairing="all"))
     assert [s.label for s in samples] == ["safe"] * 2 + ["unsafe"] * 3 and samples[0].id == "safe/0.png#p0"

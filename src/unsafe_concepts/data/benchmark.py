@@ -7,10 +7,11 @@ from pathlib import Path
 
 from unsafe_concepts.data import splits
 from unsafe_concepts.data.context import load_context_file
-from unsafe_concepts.data.layout import CONTEXT_FILE, SAFE_DIR, Problems
+from unsafe_concepts.data.layout import CONTEXT_FILE, PERCEPTION_METADATA, SAFE_DIR, Problems
 from unsafe_concepts.data.local import read_perception_file, read_safe_folder, read_unsafe_folder
 from unsafe_concepts.data.perception import build_options
 from unsafe_concepts.data.records import ImageRecord
+from unsafe_concepts.data.reference_files import SHIPPED_CONTEXT, SHIPPED_PERCEPTION
 from unsafe_concepts.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,14 @@ BLANK_SIZE = (1000, 1000)
 class Benchmark:
     """A loaded dataset: unsafe images (all, split per concept) and safe counterparts (balanced to them).
 
-    ``perception`` maps every unsafe record id to (option_str, correct letter): the benchmark's fixed
-    option sets when the folder has ``perception_metadata.jsonl`` (``perception_source == "benchmark"``),
-    else seeded ones (``"generated"``). ``context`` is None when no context file was found or given."""
+    ``perception`` maps every unsafe record id to (option_str, correct letter). ``perception_source``
+    says where they come from, and run records and reports show it:
+    ``"reference"``: the benchmark's fixed option sets (the folder's ``perception_metadata.jsonl``, or
+    the copy shipped with the package when the folder's images are the benchmark's);
+    ``"generated"``: seeded options built here (custom data, the offline sample);
+    ``"reference+generated"``: the folder's file covers only some images.
+    ``context`` is None when no context file was found or given; ``context_source`` is ``"folder"``,
+    ``"given"``, ``"reference"`` (the shipped file, for real data without its own) or None."""
 
     root: Path
     unsafe: list[ImageRecord]
@@ -37,6 +43,7 @@ class Benchmark:
     safe_split_method: str | None = None  # "benchmark-indices", "seeded-shuffle" or None (no safe images)
     perception_source: str = "generated"
     context_file: Path | None = None
+    context_source: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def records(self, split: str | None = None, label: str | None = None) -> list[ImageRecord]:
@@ -57,6 +64,7 @@ class Benchmark:
             "safe_root": str(self.safe_root) if self.safe_root else None,
             "safe_split": self.safe_split_method, "perception_options": self.perception_source,
             "context_file": str(self.context_file) if self.context_file else None,
+            "context_source": self.context_source,
         }
 
 
@@ -83,16 +91,19 @@ def load_benchmark(spec: str, safe: str | None = None, context_file: str | None 
     problems.raise_if_any(f"dataset {root} (run `unsafe-concepts data check {root}` for the full list)")
     if not unsafe:
         raise UserError(f"dataset {root}: {root / 'metadata.jsonl'} lists no images")
+    synthetic = spec == "sample" or any(r.synthetic for r in unsafe)
     unsafe = splits.split_unsafe(unsafe)
     notes: list[str] = []
-    perception_source = "benchmark" if perception else "generated"
+    if not perception and not (root / PERCEPTION_METADATA).is_file():
+        perception = _shipped_perception(unsafe)  # the benchmark's images without the file: the shipped copy
+    perception_source = "reference" if perception else "generated"
     if perception and len(perception) < len(unsafe):
         missing = [r for r in unsafe if r.id not in perception]
         notes.append(f"{len(missing)} image(s) have no row in perception_metadata.jsonl: seeded options used for them")
         perception = {**build_options(missing), **perception}
-        perception_source = "benchmark+generated"
+        perception_source = "reference+generated"
     elif not perception:
-        perception = build_options(unsafe)
+        perception = build_options(unsafe)  # custom images: perception_source "generated" says so in records
 
     safe_root = _safe_root(root, spec, safe)
     safe_records: list[ImageRecord] = []
@@ -109,15 +120,28 @@ def load_benchmark(spec: str, safe: str | None = None, context_file: str | None 
                          f"vs unsafe {u['train']}/{u['test']} ({len(pool)} safe images in {safe_root})")
 
     ctx_path = Path(context_file).expanduser() if context_file else root / CONTEXT_FILE
+    context_source = "given" if context_file else "folder"
+    if not context_file and not ctx_path.is_file() and not synthetic:
+        ctx_path, context_source = SHIPPED_CONTEXT, "reference"  # real data: the benchmark's own questions
     context = load_context_file(ctx_path) if (context_file or ctx_path.is_file()) else None
     for note in notes:
         log.warning(note)
     return Benchmark(
         root=root, unsafe=unsafe, safe=safe_records, perception=perception, context=context,
-        synthetic=spec == "sample" or any(r.synthetic for r in unsafe), spec=spec, safe_root=safe_root,
+        synthetic=synthetic, spec=spec, safe_root=safe_root,
         safe_split_method=method, perception_source=perception_source,
-        context_file=ctx_path if context is not None else None, notes=notes,
+        context_file=ctx_path if context is not None else None,
+        context_source=context_source if context is not None else None, notes=notes,
     )
+
+
+def _shipped_perception(unsafe: list[ImageRecord]) -> dict[str, tuple[str, str]]:
+    """The shipped fixed option sets when ``unsafe`` are the benchmark's images (every id has a row
+    there naming the same concept); {} otherwise (custom data gets generated options)."""
+    shipped = Problems()
+    options = read_perception_file(SHIPPED_PERCEPTION.parent, unsafe, shipped)
+    # read_perception_file keeps a row only when its correct option names the record's concept
+    return options if len(options) == len(unsafe) else {}
 
 
 def _resolve_spec(spec: str, want_safe: bool) -> Path:

@@ -2,9 +2,12 @@
 
 - ``yiting/UnsafeConcepts`` (gated: accept its terms on the dataset page, then log in) ->
   ``OUT/metadata.jsonl`` + ``OUT/images/<i>.png``.
-- ``yiting/imagenet_1k_unique_class`` (the safe counterparts) -> ``OUT/safe/metadata.jsonl`` +
-  ``OUT/safe/images/<i>.png`` with ``hub_index`` = the row number, which lets the split reproduce the
-  benchmark's safe test images exactly.
+- ``yiting/imagenet_1k_unique_class`` (the safe counterparts; columns ``image``, ``concept`` = the
+  ImageNet class name, optional ``id``) -> ``OUT/safe/metadata.jsonl`` + ``OUT/safe/images/<n>.png``
+  with ``hub_index`` = n = the row's ``id`` when it has one, else its row number: the reference names
+  its files the same way, which lets the split reproduce the benchmark's safe test images exactly.
+- ``yiting/SMID`` and ``yiting/NSFWDataset`` (``image`` a base64 string, ``label``, ``index``):
+  see ``unsafe_concepts.data.labelled`` (same access handling, see ``load_hub_dataset``).
 
 The token comes from ``HF_TOKEN`` or the stored ``hf auth login``, read by huggingface_hub itself;
 this module never prints or stores it. Access problems become a UserError saying what to do.
@@ -29,7 +32,9 @@ SAFE_REPO = "yiting/imagenet_1k_unique_class"
 IMAGE_COLUMNS = ("image", "img", "images", "picture", "png", "jpg")
 CONCEPT_COLUMNS = ("unsafe_concept", "unsafe concept", "concept", "label", "class")
 FILENAME_COLUMNS = ("image_filename", "file_name", "filename", "image_fname", "image_path", "path")
-CLASS_COLUMNS = ("class_name", "classname", "class", "label_name", "name", "label", "text", "caption")
+# yiting/imagenet_1k_unique_class names its class column "concept" (first); the others are fallbacks.
+CLASS_COLUMNS = ("concept", "class_name", "classname", "class", "label_name", "name", "label", "text", "caption")
+ID_COLUMNS = ("id",)  # names the safe image's file (the reference's "<id>.png"); else the row number
 
 
 # ---------------------------------------------------------------- errors
@@ -230,16 +235,36 @@ def safe_dataset_to_layout(ds, out: Path, source: str = SAFE_REPO) -> int:
     if class_col is None:
         raise UserError(f"cannot find a class-name column in {source}: columns found are {ds.column_names} "
                         f"(expected an image column plus one of {list(CLASS_COLUMNS)} as text or class label)")
+    id_col = next((c for c in ID_COLUMNS if c in ds.column_names and c != image_col), None)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    seen: dict[int, int] = {}
     for i, row in _rows(ds, image_col):
-        rel = f"images/{i}.png"
+        where = f"{source} row {i}"
+        number = _file_number(row[id_col], where) if id_col else i
+        if number in seen:
+            raise UserError(f"{where}: {id_col} {number} repeats row {seen[number]} (image file names must be unique)")
+        seen[number] = i
+        rel = f"images/{number}.png"
         data, _ = _image_bytes(row[image_col])
-        _write_png(data, out / rel, f"{source} row {i}")
-        rows.append({"image_filename": rel, "class_name": str(class_of(row[class_col])).strip(), "hub_index": i,
+        _write_png(data, out / rel, where)
+        rows.append({"image_filename": rel, "class_name": str(class_of(row[class_col])).strip(), "hub_index": number,
                      "source": source})
     write_jsonl_atomic(out / METADATA, rows)
     return len(rows)
+
+
+def _file_number(value, where: str) -> int:
+    """The ``id`` of a safe hub row as the non-negative integer its file is named by."""
+    if isinstance(value, bool) or value is None:
+        raise UserError(f"{where}: id must be a non-negative integer, got {value!r}")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise UserError(f"{where}: id must be a non-negative integer, got {value!r}") from None
+    if number < 0:
+        raise UserError(f"{where}: id must be a non-negative integer, got {value!r}")
+    return number
 
 
 # ---------------------------------------------------------------- entry points
@@ -257,9 +282,12 @@ def hub_cache_root() -> Path:
 
 def ensure_hub_dataset(with_safe: bool = True) -> Path:
     """``--data hf``: the gated dataset in the cache (downloaded on first use, with its safe images)."""
+    from unsafe_concepts.data.reference_files import install_reference_files
+
     root = hub_cache_root()
     if not (root / METADATA).is_file():
         download_unsafe(root)
+    install_reference_files(root)
     if with_safe:
         ensure_hub_safe()
     return root
@@ -273,10 +301,27 @@ def ensure_hub_safe() -> Path:
 
 
 def cli_download(args) -> int:
-    """`unsafe-concepts data download --out DIR [--safe]`."""
+    """`unsafe-concepts data download --out DIR [--safe] [--set smid|nsfw [--subset reference]]`."""
     out = Path(args.out).expanduser()
+    dataset = getattr(args, "dataset", "unsafeconcepts")
+    if dataset != "unsafeconcepts":
+        from unsafe_concepts.data.labelled import HUB_SETS, download_labelled
+
+        if args.safe:
+            raise UserError("--safe goes with the UnsafeConcepts set, not with --set " + dataset)
+        n = download_labelled(dataset, out, subset=getattr(args, "subset", "all"))
+        print(f"wrote {n} images of {HUB_SETS[dataset]} to {out} ({METADATA} + images/)")
+        print(f"evaluate on it with: unsafe-concepts evaluate --task {dataset} --data {out} ...")
+        return 0
+    if getattr(args, "subset", "all") != "all":
+        raise UserError("--subset applies to --set smid or --set nsfw")
+    from unsafe_concepts.data.reference_files import install_reference_files
+
     n = download_unsafe(out)
     print(f"wrote {n} images of {UNSAFE_REPO} to {out} ({METADATA} + images/)")
+    copied = install_reference_files(out)
+    if copied:  # not on the hub: shipped with the package (MIT, TrustAIRLab/SaferVLM; see NOTICE.reference)
+        print(f"added {', '.join(copied)} (the benchmark's own files, shipped with this package)")
     if args.safe:
         n_safe = download_safe(out / SAFE_DIR)
         print(f"wrote {n_safe} safe images of {SAFE_REPO} to {out / SAFE_DIR}")

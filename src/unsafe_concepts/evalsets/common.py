@@ -101,3 +101,22 @@ def hub_spec(source: str) -> str | None:
     if source.startswith("hf:"):
         return source[3:]
     return None
+
+
+def load_labelled_folder(root: str | Path, source: str, limit: int | None = None) -> list[LabelledImage]:
+    """A folder written by ``data download --set smid|nsfw`` (``unsafe_concepts.data.labelled``) as items."""
+    from unsafe_concepts.data.labelled import read_labelled_folder
+
+    rows = read_labelled_folder(root)
+    items = [LabelledImage(id=r["id"], image=r["image"], label=r["label"], source=source, meta=r["meta"])
+             for r in rows]
+    return items[:limit] if limit else items
+
+
+def load_labelled_hub(name: str, repo: str, subset: str = "all", limit: int | None = None) -> list[LabelledImage]:
+    """``hf`` / ``hf:<repo>`` for SMID and NSFW: the hub set converted once into the cache, then read."""
+    from unsafe_concepts.data.labelled import HUB_SETS, ensure_hub_labelled
+
+    root = ensure_hub_labelled(name, subset=subset, repo=None if repo in ("", HUB_SETS[name]) else repo)
+    return load_labelled_folder(root, name, limit)
+

@@ -1,12 +1,15 @@
 """An NSFW image set for the generalisation check: images labelled safe or unsafe.
 
-No default download: the paper's NSFW set is not named in the material here, and this project
-never fetches unsafe imagery on its own. Point the loader at data you hold:
+The reference's set is ``yiting/NSFWDataset`` on the hub (``image`` base64, ``label``, ``index``;
+1,800 rows): ``hf`` converts it once into the cache (only when asked: nothing downloads by
+default), as does ``unsafe-concepts data download --set nsfw``; ``subset="reference"`` keeps the
+reference's 500 evaluation images. Other sources:
+- a folder written by ``data download --set nsfw`` (``metadata.jsonl`` with ``label``);
 - a folder with ``safe/`` and ``unsafe/`` subfolders of images;
 - a ``.tsv``/``.csv`` file with columns ``image`` (path relative to the file, or base64) and
   ``label`` (``safe``/``unsafe``; ``sfw``/``nsfw`` are accepted as synonyms);
-- ``hf:<repo>`` (explicit repo id; optional ``split``, ``image_column``, ``label_column``): rows
-  whose label (string or ClassLabel name) maps to safe/unsafe through ``LABEL_SYNONYMS``.
+- ``hf:<repo>`` for another repo (optional ``split``, ``image_column``, ``label_column``; an ``Image``
+  feature): rows whose label (string or ClassLabel name) maps to safe/unsafe through ``LABEL_SYNONYMS``.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from unsafe_concepts.evalsets.common import (
     LabelledImage,
     hub_spec,
     load_hub_split,
+    load_labelled_folder,
+    load_labelled_hub,
     read_table,
     require_columns,
 )
@@ -34,15 +39,19 @@ def _label(value, where: str) -> str:
 
 
 def load_nsfw(source: str, *, split: str = "train", image_column: str = "image", label_column: str = "label",
-              limit: int | None = None) -> list[LabelledImage]:
+              limit: int | None = None, subset: str = "all") -> list[LabelledImage]:
+    from unsafe_concepts.data.labelled import NSFW_REPO, is_labelled_folder
+
     repo = hub_spec(source)
     if repo is not None:
-        if not repo:
-            raise UserError("NSFW set: give an explicit hub repo (hf:<repo>); there is no default download")
+        if repo in ("", NSFW_REPO):
+            return load_labelled_hub("nsfw", repo, subset, limit)
         items = _from_hub(repo, split, image_column, label_column)
     else:
         path = Path(source)
-        if path.is_dir():
+        if path.is_dir() and is_labelled_folder(path):
+            items = load_labelled_folder(path, "nsfw")
+        elif path.is_dir():
             items = _from_folder(path)
         elif path.is_file():
             items = _from_table(path, image_column, label_column)

@@ -8,13 +8,26 @@ so we follow the convention of Q16 (Schramowski et al., FAccT 2022), which used 
 ``moral_mean <= 2.5`` -> unsafe, ``moral_mean >= 3.5`` -> safe, images in between (the neutral
 band, where raters themselves are split) are left out. Both thresholds are parameters; passing
 ``unsafe_max == safe_min`` keeps every image (a single cut).
+
+The reference instead uses the hub copy ``yiting/SMID`` (``image`` base64, ``label``, ``index``;
+2,941 rows) with its own labels, every image kept: ``load_smid("hf")`` (or ``hf:<repo>``) converts it
+once into the cache and reads it, and a folder written by ``unsafe-concepts data download --set smid``
+loads the same way. ``subset="reference"`` keeps the reference's 500 evaluation images.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from unsafe_concepts.errors import UserError
-from unsafe_concepts.evalsets.common import IMAGE_SUFFIXES, LabelledImage, read_table, require_columns
+from unsafe_concepts.evalsets.common import (
+    IMAGE_SUFFIXES,
+    LabelledImage,
+    hub_spec,
+    load_labelled_folder,
+    load_labelled_hub,
+    read_table,
+    require_columns,
+)
 
 UNSAFE_MAX = 2.5
 SAFE_MIN = 3.5
@@ -48,9 +61,17 @@ def _find_image(dirs: list[Path], name: str) -> Path | None:
 
 def load_smid(root: str | Path, *, norms_csv: str | Path | None = None, image_dir: str | Path | None = None,
               unsafe_max: float = UNSAFE_MAX, safe_min: float = SAFE_MIN,
-              limit: int | None = None, balanced: bool = False) -> list[LabelledImage]:
-    """Items labelled safe/unsafe from the norms. ``balanced`` keeps equally many of each label
+              limit: int | None = None, balanced: bool = False, subset: str = "all") -> list[LabelledImage]:
+    """Items labelled safe/unsafe: from the hub (``hf``, ``hf:<repo>``) or a downloaded hub folder with
+    the hub's labels, else from the release's norms. ``balanced`` keeps equally many of each label
     (the first ones in file order, for a cheaper, balanced run)."""
+    from unsafe_concepts.data.labelled import is_labelled_folder
+
+    repo = hub_spec(str(root))
+    if repo is not None:
+        return load_labelled_hub("smid", repo, subset, limit)
+    if is_labelled_folder(Path(root)):
+        return load_labelled_folder(root, "smid", limit)
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"SMID folder not found: {root}")
