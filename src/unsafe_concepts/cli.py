@@ -260,8 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES["report"])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="judged run folders (from `evaluate --judge`)")
     p.add_argument("--out", required=True, help="folder for report.html, tables and plots")
-    p.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.set_defaults(func=_handler("unsafe_concepts.report:cli_report"))
 
     # train

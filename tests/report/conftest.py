@@ -17,4 +17,4 @@ def built_report(run_dirs, tmp_path_factory):
     from unsafe_concepts.report import build_report
 
     out = tmp_path_factory.mktemp("report")
-    return build_report([run_dirs[k] for k in GOOD + BROKEN], out, n_boot=200)
+    return build_report([run_dirs[k] for k in GOOD + BROKEN], out)

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import re
+from html import unescape
 
 import pytest
 from report_fixtures import BROKEN, GOOD, LLAVA, SCRIPT_ANSWER
@@ -24,11 +25,13 @@ def test_files_written(built_report):
     names = {p.name for p in built_report.out.iterdir()}
     for stem in ("perception", "alignment_visual", "alignment_textual", "modality_gap", "context_visual",
                  "context_textual", "context_gap", "after_training", "per_prompt", "modality_gap_concepts"):
-        assert f"{stem}.md" in names and f"{stem}.csv" in names, stem
-    assert {"report.html", "report.md", "report.json", "visual_vs_textual.png", "gap_per_concept.png",
-            "perception_vs_alignment.png", "after_training.png"} <= names
-    for png in built_report.out.glob("*.png"):
+        assert {f"{stem}.md", f"{stem}.csv", f"{stem}.tex"} <= names, stem
+    assert {"report.html", "report.md", "report.json"} <= names
+    for stem in ("modality_gap", "visual_vs_textual", "gap_per_concept", "perception_vs_alignment", "post_training"):
+        png, svg, pdf = (built_report.out / f"{stem}.{ext}" for ext in ("png", "svg", "pdf"))
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert "<svg" in svg.read_text()
+        assert pdf.read_bytes()[:5] == b"%PDF-"
 
 
 def test_paper_tables_have_the_hand_computed_values(built_report):
@@ -90,15 +93,16 @@ def test_report_json_is_strict_json(built_report):
 
 def test_html_is_self_contained_and_escapes_model_text(built_report):
     html = built_report.html_path.read_text()
-    assert "<script" not in html.lower().replace("&lt;script", "")  # no script element, only escaped text
-    assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in html
+    # one script element: the page's own (answer browser), allowed by its hash; answers' scripts are text
+    assert html.lower().count("<script") == 1 and "script-src 'sha256-" in unescape(html)
+    assert "&lt;script&gt;document.title=&#39;pwned&#39;&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=" in html
-    assert "Content-Security-Policy" in html and "default-src 'none'" in html
+    assert "Content-Security-Policy" in html and "default-src 'none'" in unescape(html)
     # no external fetches: every src/href is a data URI or an in-page anchor
     for attr in re.findall(r'(?:src|href)="([^"]*)"', html):
         assert attr.startswith("data:image/png;base64,") or attr.startswith("#"), attr
     assert "/data/images/" not in html  # image paths are not shown, only ids
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/png;base64,") == len(built_report.plots) == 5
 
 
 def test_cli_report_builds_with_a_broken_folder(run_dirs, tmp_path, capsys):
@@ -122,7 +126,7 @@ def test_cli_report_with_no_usable_folder_is_a_clear_error(run_dirs, tmp_path, c
 def test_script_answer_present_in_examples(built_report):
     assert SCRIPT_ANSWER  # the injected answer the browser test looks for
     html = built_report.html_path.read_text()
-    assert "I cannot &lt;b&gt;tell&lt;/b&gt; &amp; won&#x27;t" in html
+    assert "I cannot &lt;b&gt;tell&lt;/b&gt; &amp; won&#39;t" in html
 
 
 def test_repeated_runs_stay_separate_and_torn_last_line_is_noted(tmp_path):
@@ -136,7 +140,7 @@ def test_repeated_runs_stay_separate_and_torn_last_line_is_noted(tmp_path):
                   data="/data/full")
     with open(b / "responses.jsonl", "a") as f:
         f.write('{"id": "torn", "verd')  # a run killed mid-write
-    report = build_report([a, b, c], tmp_path / "out", n_boot=50)
+    report = build_report([a, b, c], tmp_path / "out")
     systems = [r.system for r in report.runs]
     assert systems == ["smollm2-135m @ sample", "smollm2-135m @ sample (b)", "smollm2-135m @ /data/full"]
     assert [r.summary["overall"]["value"] for r in report.runs] == [1.0, 0.0, 1.0]

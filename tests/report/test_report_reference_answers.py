@@ -19,7 +19,7 @@ def reference_report(tmp_path_factory):
     from unsafe_concepts.report import build_report
 
     runs = runs_from_reference_answers(REFERENCE, tmp_path_factory.mktemp("ref-runs"), load_judge("rule"))
-    return build_report(runs, tmp_path_factory.mktemp("ref-report"), n_boot=300)
+    return build_report(runs, tmp_path_factory.mktemp("ref-report"))
 
 
 def test_after_training_ordering_matches_the_paper(reference_report):
@@ -39,4 +39,22 @@ def test_context_runs_and_page(reference_report):
     assert per["safe"]["overall"]["n"] == per["unsafe"]["overall"]["n"] == 345
     assert len(context.summary["per_category"]) == 9
     html = reference_report.html_path.read_text()
-    assert html.count('<table class="results"') >= 3 and "<script" not in html
+    assert html.count('<table class="results"') >= 3 and html.count("<script") == 1  # the page's own only
+
+
+def test_post_training_table_in_the_papers_layout(reference_report):
+    """One row per model, UnsafeConcepts_TEST overall / safe / unsafe with n and interval, as in the paper."""
+    import csv
+
+    rows = {r["model"]: r for r in csv.DictReader((reference_report.out / "post_training.csv").open())}
+    assert set(rows) == {f"llava-1.5-7b ({v})" for v in ("original", "sft", "dpo")}
+    for variant in ("original", "sft", "dpo"):
+        row = rows[f"llava-1.5-7b ({variant})"]
+        run = next(r for r in reference_report.runs if r.model == f"llava-1.5-7b ({variant})"
+                   and r.task == "unsafeconcepts_test")
+        assert float(row["UnsafeConcepts_TEST"]) == pytest.approx(run.summary["overall"]["value"])
+        assert row["UnsafeConcepts_TEST n"] == "690" and row["safe half n"] == row["unsafe half n"] == "345"
+        assert float(row["UnsafeConcepts_TEST ci_low"]) < float(row["UnsafeConcepts_TEST"]) \
+            < float(row["UnsafeConcepts_TEST ci_high"])
+        assert row["MME"] == "" and row["SMID"] == ""  # no such run: empty, never 0
+    assert float(rows["llava-1.5-7b (sft)"]["UnsafeConcepts_TEST"]) > float(rows["llava-1.5-7b (dpo)"]["UnsafeConcepts_TEST"])

@@ -1,20 +1,29 @@
-"""The report: the paper's tables (Markdown, CSV), plots (PNG) and one self-contained report.html.
+"""The report: the modality gap first, then the paper's tables (Markdown, CSV, LaTeX), plots (PNG, SVG,
+PDF), every answer, all in one self-contained report.html; and the end-of-run table in the terminal.
 
-`unsafe-concepts report RUN_DIR... --out DIR`; in Python ``build_report(run_dirs, out)``."""
+`unsafe-concepts report RUN_DIR... --out DIR`; in Python ``build_report(run_dirs, out)``. The names are
+imported on first use, so that ``unsafe_concepts.report.terminal`` loads without matplotlib."""
 from __future__ import annotations
 
-from unsafe_concepts.report.build import GAP_PAIRS, Report, build_report, print_summary
-from unsafe_concepts.report.loading import RunData, RunProblem, load_run
+import importlib
 
-__all__ = ["GAP_PAIRS", "Report", "RunData", "RunProblem", "build_report", "cli_report", "load_run"]
+_EXPORTS = {
+    "GAP_PAIRS": "build", "Report": "build", "build_report": "build", "print_summary": "build",
+    "RunData": "loading", "RunProblem": "loading", "load_run": "loading",
+    "print_run_summary": "terminal",
+}
+__all__ = sorted([*_EXPORTS, "cli_report"])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"unsafe_concepts.report.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cli_report(args) -> int:
-    from unsafe_concepts.errors import UserError
+    from unsafe_concepts.report.build import build_report, print_summary
 
-    n_boot = getattr(args, "n_boot", 1000)
-    if n_boot < 0:
-        raise UserError(f"--n-boot must be 0 (no intervals) or more, got {n_boot}")
-    report = build_report(args.runs, args.out, n_boot=n_boot, seed=getattr(args, "seed", 0))
+    report = build_report(args.runs, args.out)
     print_summary(report)
     return 0

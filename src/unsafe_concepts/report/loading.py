@@ -17,6 +17,9 @@ class RunProblem(UserError):
 
 @dataclass
 class RunData:
+    """One run folder as the report sees it. Reads run.json of format version 2 (docs/evaluation-runs.md)
+    and falls back to the version-1 keys (``config``, ``model_info``, ``judge``) when the new ones are absent."""
+
     path: Path
     record: dict
     rows: list[dict]
@@ -24,37 +27,79 @@ class RunData:
     after_training: bool
     notes: list[str] = field(default_factory=list)
     system: str = ""  # the row label in every table, set when runs are grouped
+    metrics_file: dict = field(default_factory=dict)  # metrics.json as written by the run, if any
+
+    def _section(self, key: str) -> dict:
+        value = self.record.get(key)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def format_version(self) -> int:
+        v = self.record.get("format_version")
+        return v if isinstance(v, int) else 1
 
     @property
     def config(self) -> dict:
-        return self.record.get("config") or {}
+        return self._section("config")
 
     @property
     def task(self) -> str:
-        return self.config["task"]
+        return str(self._section("task").get("name") or self.config["task"])
+
+    @property
+    def task_kind(self) -> str | None:
+        """The task's declared kind (``alignment``, ``perception``, ``mme``, ``llavabench``, ``yesno``)."""
+        return self._section("task").get("kind") or self.metrics_file.get("task_kind")
+
+    @property
+    def metrics_kind(self) -> str | None:
+        return self._section("task").get("metrics") or self.metrics_file.get("metrics_kind")
 
     @property
     def model(self) -> str:
-        return str(self.config.get("model"))
+        return str(self._section("model").get("spec") or self.config.get("model"))
 
     @property
     def adapter(self) -> str | None:
-        return self.config.get("adapter")
+        model = self._section("model")
+        return model.get("adapter") if "adapter" in model else self.config.get("adapter")
 
     @property
     def data(self) -> str:
-        return str(self.config.get("data", "?"))
+        data = self._section("data")
+        return str(data.get("spec") or self.config.get("data", "?"))
 
     @property
     def model_info(self) -> dict:
-        return self.record.get("model_info") or {}
+        identity = self._section("model").get("identity")
+        return identity if isinstance(identity, dict) else self._section("model_info")
 
     @property
     def untrained_vision(self) -> bool:
-        return bool(self.model_info.get("untrained_vision"))
+        return bool(self.model_info.get("untrained_vision") or self.metrics_file.get("untrained_vision"))
+
+    @property
+    def synthetic(self) -> bool:
+        """Numbers on the offline synthetic sample say nothing about a model. Version-1 folders did not
+        record it: their ``--data sample`` is the synthetic sample."""
+        if "synthetic" in self.record:
+            return bool(self.record["synthetic"])
+        data = self._section("data")
+        if "synthetic" in data:
+            return bool(data["synthetic"])
+        if "synthetic" in self.metrics_file:
+            return bool(self.metrics_file["synthetic"])
+        return self.format_version < 2 and self.config.get("data") == "sample"
+
+    @property
+    def suite(self) -> str | None:
+        return self.record.get("suite") or None
 
     @property
     def judge(self) -> str:
+        scorer = self.record.get("scorer")
+        if isinstance(scorer, dict) and scorer.get("name"):
+            return str(scorer["name"])
         judge = self.record.get("judge")
         if isinstance(judge, dict) and judge.get("name"):
             return str(judge["name"])
@@ -67,7 +112,8 @@ class RunData:
 
 
 def after_training_for(task: str, rows: list[dict]) -> bool:
-    """Registered tasks say it themselves; an unknown task counts as post-training when it has safe items."""
+    """Version-1 folders: registered tasks say it themselves; an unknown task counts as post-training
+    when it has safe items."""
     from unsafe_concepts.tasks import TASKS
 
     if task in TASKS:
@@ -79,7 +125,10 @@ def read_rows(path: Path, notes: list[str]) -> list[dict]:
     """The rows of responses.jsonl, last copy of each id (resumed runs may repeat one).
 
     A torn last line (a run killed mid-write) is skipped with a note; a broken line elsewhere is a problem."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise RunProblem(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     by_id: dict[str, dict] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -97,38 +146,83 @@ def read_rows(path: Path, notes: list[str]) -> list[dict]:
     return list(by_id.values())
 
 
-def load_run(run_dir: str | Path, *, n_boot: int = 1000, seed: int = 0) -> RunData:
-    """One judged run folder, scored with ``metrics.summarize``; RunProblem when it cannot be used."""
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunProblem(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise RunProblem(f"{path}: cannot be read ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise RunProblem(f"{path}: not a JSON object")
+    return data
+
+
+# metrics kinds metrics.summarize computes from the rows (the task name it needs to recognise each)
+_RECOMPUTABLE = {None: None, "alignment": None, "after_training": None, "perception": "perception",
+                 "alignment_context": "alignment_context"}
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """One scored run folder; RunProblem (naming the folder and what to do) when it cannot be used.
+
+    The figures are recomputed from responses.jsonl with ``metrics.summarize`` (so that they agree with
+    the rows the report shows, with this version's intervals); for the kinds that only the run's scorer
+    can compute (MME, LLaVA-Bench, ...) they come from the run's metrics.json."""
     path = Path(run_dir)
     if not path.is_dir():
         raise RunProblem(f"{path}: no such run folder")
     run_json, responses = path / RUN_JSON, path / RESPONSES
     if not run_json.exists():
         raise RunProblem(f"{path}: no {RUN_JSON}, so not a run folder of `unsafe-concepts evaluate`")
+    record = _read_json(run_json)
+    run = RunData(path=path, record=record, rows=[], summary={}, after_training=False)
     try:
-        record = json.loads(run_json.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunProblem(f"{run_json}: not valid JSON ({e})") from None
-    config = record.get("config") if isinstance(record, dict) else None
-    if not isinstance(config, dict) or not config.get("task") or not config.get("model"):
-        raise RunProblem(f"{run_json}: needs config.model and config.task")
+        task, model = run.task, run.model
+    except KeyError:
+        task = model = None
+    if not task or not model or model == "None":
+        raise RunProblem(f"{run_json}: names no task or model (needs task.name and model.spec, or config.task "
+                         "and config.model)")
     if not responses.exists():
         raise RunProblem(f"{path}: no {RESPONSES} yet (the run has not answered anything)")
-    notes: list[str] = []
-    rows = read_rows(responses, notes)
+    rows = read_rows(responses, run.notes)
     if not rows:
         raise RunProblem(f"{path}: {RESPONSES} has no rows yet")
-    task = config["task"]
-    unjudged = [r for r in rows if not r.get("error") and r.get("verdict") is None]
-    if unjudged:
-        raise RunProblem(f"{path}: not judged yet ({len(unjudged)} of {len(rows)} answers have no verdict); "
-                         "judge it first (run the same `unsafe-concepts evaluate` command again with --judge)")
-    after = after_training_for(task, rows)
-    try:
-        summary = metrics.summarize(rows, task, after_training=after, n_boot=n_boot, seed=seed)
-    except UserError as e:
-        raise RunProblem(f"{path}: {e}") from None
-    return RunData(path=path, record=record, rows=rows, summary=summary, after_training=after, notes=notes)
+    run.rows = rows
+    metrics_path = path / "metrics.json"
+    if metrics_path.exists():
+        try:
+            run.metrics_file = _read_json(metrics_path)
+        except RunProblem as e:
+            run.notes.append(f"{e}; figures recomputed from the rows")
+    task_section = record.get("task") if isinstance(record.get("task"), dict) else {}
+    run.after_training = (bool(task_section["after_training"]) if "after_training" in task_section
+                          else after_training_for(task, rows))
+    kind = run.metrics_kind
+    if kind in _RECOMPUTABLE:
+        unjudged = [r for r in rows if not r.get("error") and r.get("verdict") is None]
+        if unjudged:
+            raise RunProblem(f"{path}: not judged yet ({len(unjudged)} of {len(rows)} answers have no verdict); "
+                             "judge it first (run the same `unsafe-concepts evaluate` command again with --judge)")
+        try:
+            summary = metrics.summarize(rows, _RECOMPUTABLE[kind] or task, after_training=run.after_training)
+        except UserError as e:
+            raise RunProblem(f"{path}: {e}") from None
+        summary["task"] = task
+        for extra in ("diversity", "details"):  # computed by the run from what the rows do not hold
+            if extra in run.metrics_file:
+                summary[extra] = run.metrics_file[extra]
+    else:
+        summary = run.metrics_file
+        if not isinstance(summary.get("overall"), dict):
+            raise RunProblem(f"{path}: not scored yet (no metrics.json with an overall figure for the {kind} "
+                             "task); run the same command again to score it")
+        if summary.get("n_rows") not in (None, len(rows)):
+            run.notes.append(f"metrics.json counts {summary['n_rows']} rows, responses.jsonl holds {len(rows)}: "
+                             "run the same command again to rescore")
+    run.summary = summary
+    return run
 
 
 def assign_systems(runs: list[RunData]) -> list[str]:

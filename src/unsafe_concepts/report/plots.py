@@ -1,19 +1,34 @@
-"""The report's figures as PNG files (matplotlib's Agg renderer, no display needed).
+"""The report's figures: PNG (inlined in the page), SVG and PDF (for a paper), matplotlib's Agg renderer.
 
-Each function takes the per-system results and returns the written path, or None when no run
-has what the figure needs. Error bars are the 95% bootstrap intervals of metrics.py."""
+Each function takes the per-system results and a path stem, and returns the written PNG path, or None
+when no run has what the figure needs. Error bars are the 95% intervals of metrics.py. Model specs and
+concept names are drawn as plain text: mathtext is off (``draw`` sets ``text.parse_math``), so a model
+called ``$x$`` (or ``$\\frac{``) neither renders as math nor breaks the figure.
+
+A value of 0 is drawn as a visible stub with "0" above it; a missing value as "n/a" with no bar."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from unsafe_concepts.report.tables import categories_in
+from unsafe_concepts.report.tables import categories_in, thin
 
 DPI = 100
+FORMATS = ("png", "svg", "pdf")
 VISUAL_COLOR, TEXTUAL_COLOR, PERCEPTION_COLOR = "#d95f02", "#1b9e77", "#7570b3"
+GAP_POS, GAP_NEG = "#1b9e77", "#d95f02"
+SERIES_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+ZERO_STUB = 0.012  # height of the stub that shows a value of exactly 0 (axis units of accuracy)
+
+
+def draw(fn, *args) -> Path | None:
+    """Run one figure function with mathtext off (run text is never parsed as TeX)."""
+    with matplotlib.rc_context({"text.parse_math": False, "svg.fonttype": "path"}):
+        return fn(*args)
 
 
 def _values(stats: list[dict | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -25,10 +40,31 @@ def _values(stats: list[dict | None]) -> tuple[np.ndarray, np.ndarray]:
     return v, np.clip(err, 0, None)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, stem: Path) -> Path:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, format="png")
-    return path
+    for fmt in FORMATS:
+        fig.savefig(stem.with_suffix(f".{fmt}"), dpi=DPI, format=fmt, metadata=_metadata(fmt))
+    return stem.with_suffix(".png")
+
+
+def _metadata(fmt: str) -> dict:
+    # no creation dates: the same runs give the same files
+    return {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}[fmt]
+
+
+def _mark_missing_and_zero(ax, xs, values, stats, *, horizontal: bool = False) -> None:
+    """'n/a' where there is no value, a stub and '0' where the value is 0; thin values get a light hatch."""
+    for x, v, s in zip(xs, values, stats):
+        if np.isnan(v):
+            if horizontal:
+                ax.text(0.02, x, "n/a", ha="left", va="center", fontsize=6, color="#555")
+            else:
+                ax.text(x, 0.02, "n/a", ha="center", va="bottom", fontsize=6, rotation=90, color="#555")
+        elif v == 0:
+            if horizontal:
+                ax.text(0.03, x, "0", ha="left", va="center", fontsize=6, color="#222")
+            else:
+                ax.text(x, ZERO_STUB + 0.01, "0", ha="center", va="bottom", fontsize=6, color="#222")
 
 
 def _grouped_bars(ax, labels: list[str], series: list[tuple[str, str, list[dict | None]]], ylabel: str) -> None:
@@ -36,12 +72,13 @@ def _grouped_bars(ax, labels: list[str], series: list[tuple[str, str, list[dict 
     width = 0.8 / max(len(series), 1)
     for i, (name, color, stats) in enumerate(series):
         v, err = _values(stats)
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(v, nan=0.0), width, yerr=err, color=color,
-               label=name, capsize=2, error_kw={"elinewidth": 0.8})
-        for xi, vi in zip(x, v):
-            if np.isnan(vi):  # say "n/a" instead of drawing a zero-height bar that looks like 0.0
-                ax.text(xi + (i - (len(series) - 1) / 2) * width, 0.02, "n/a", ha="center", va="bottom",
-                        fontsize=6, rotation=90, color="#555")
+        xs = x + (i - (len(series) - 1) / 2) * width
+        heights = np.where(v == 0, ZERO_STUB, np.nan_to_num(v, nan=0.0))  # a 0 must not look like n/a
+        alphas = [0.45 if s and thin(s) else 1.0 for s in stats]
+        bars = ax.bar(xs, heights, width, yerr=err, color=color, label=name, capsize=2, error_kw={"elinewidth": 0.8})
+        for bar, alpha in zip(bars, alphas):
+            bar.set_alpha(alpha)
+        _mark_missing_and_zero(ax, xs, v, stats)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
@@ -50,7 +87,40 @@ def _grouped_bars(ax, labels: list[str], series: list[tuple[str, str, list[dict 
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))  # outside: bars reach 1.0
 
 
-def visual_vs_textual(systems: dict[str, dict], path: Path) -> Path | None:
+def gap_overview(gaps: dict[str, dict], stem: Path) -> Path | None:
+    """The headline: the modality gap (textual - visual) per category and overall, one bar per model."""
+    chosen = [(s, g["general"]) for s, g in gaps.items() if "general" in g]
+    if not chosen:
+        return None
+    cats = categories_in([g["per_category"] for _, g in chosen]) + ["Overall"]
+    fig = Figure(figsize=(max(7.0, 0.9 * len(cats) * max(1, len(chosen)) ** 0.5 + 3), 3.8), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(cats))
+    width = 0.8 / len(chosen)
+    for i, (system, gap) in enumerate(chosen):
+        stats = [gap["per_category"].get(c) for c in cats[:-1]] + [gap["overall"]]
+        v, err = _values(stats)
+        xs = x + (i - (len(chosen) - 1) / 2) * width
+        color = SERIES_COLORS[i % len(SERIES_COLORS)]
+        heights = np.where(v == 0, ZERO_STUB, np.nan_to_num(v, nan=0.0))
+        bars = ax.bar(xs, heights, width, yerr=err, color=color, label=system, capsize=2,
+                      error_kw={"elinewidth": 0.8})
+        for bar, s in zip(bars, stats):
+            if s and thin(s):
+                bar.set_alpha(0.45)
+        _mark_missing_and_zero(ax, xs, v, stats)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("gap = textual - visual accuracy", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
+    fig.suptitle("Modality gap per category (textual - visual; 95% intervals; pale: few answers)", fontsize=9)
+    return _save(fig, stem)
+
+
+def visual_vs_textual(systems: dict[str, dict], stem: Path) -> Path | None:
     """Per category, alignment accuracy with the concept shown (visual) vs named (textual), per model."""
     chosen = [(s, t) for s, t in systems.items() if "alignment" in t or "alignment_text_only" in t]
     if not chosen:
@@ -60,19 +130,19 @@ def visual_vs_textual(systems: dict[str, dict], path: Path) -> Path | None:
         ax = fig.add_subplot(len(chosen), 1, i + 1)
         vis = tasks.get("alignment")
         txt = tasks.get("alignment_text_only")
-        cats = categories_in([r.summary["per_category"] for r in (vis, txt) if r])
+        cats = categories_in([r.summary.get("per_category") or {} for r in (vis, txt) if r])
         series = []
         for name, color, run in (("visual (image)", VISUAL_COLOR, vis), ("textual (concept named)", TEXTUAL_COLOR, txt)):
             if run:
-                series.append((name, color, [run.summary["per_category"].get(c) for c in cats]
-                               + [run.summary["overall"]]))
+                series.append((name, color, [(run.summary.get("per_category") or {}).get(c) for c in cats]
+                               + [run.summary.get("overall")]))
         _grouped_bars(ax, cats + ["Overall"], series, "alignment accuracy")
         ax.set_title(system, fontsize=9)
-    fig.suptitle("Alignment accuracy per category: visual vs textual (95% bootstrap intervals)", fontsize=10)
-    return _save(fig, path)
+    fig.suptitle("Alignment accuracy per category: visual vs textual (95% intervals)", fontsize=10)
+    return _save(fig, stem)
 
 
-def gap_per_concept(gaps: dict[str, dict], path: Path) -> Path | None:
+def gap_per_concept(gaps: dict[str, dict], stem: Path) -> Path | None:
     """The modality gap (textual - visual) of every concept, sorted, one panel per model."""
     chosen = [(s, g["general"]) for s, g in gaps.items() if "general" in g]
     if not chosen:
@@ -90,8 +160,13 @@ def gap_per_concept(gaps: dict[str, dict], path: Path) -> Path | None:
             continue
         v, err = _values([e for _, e in items])
         y = np.arange(len(items))
-        colors = [TEXTUAL_COLOR if x >= 0 else VISUAL_COLOR for x in v]
-        ax.barh(y, v, xerr=err, color=colors, capsize=1.5, error_kw={"elinewidth": 0.6}, height=0.7)
+        colors = [GAP_POS if x >= 0 else GAP_NEG for x in v]
+        widths = np.where(v == 0, ZERO_STUB, v)
+        bars = ax.barh(y, widths, xerr=err, color=colors, capsize=1.5, error_kw={"elinewidth": 0.6}, height=0.7)
+        for bar, (_, e) in zip(bars, items):
+            if thin(e):
+                bar.set_alpha(0.45)
+        _mark_missing_and_zero(ax, y, v, [e for _, e in items], horizontal=True)
         ax.set_yticks(y)
         ax.set_yticklabels([c for c, _ in items], fontsize=6.5)
         ax.axvline(0, color="black", linewidth=0.8)
@@ -99,11 +174,11 @@ def gap_per_concept(gaps: dict[str, dict], path: Path) -> Path | None:
         ax.set_xlabel("gap = textual - visual accuracy", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
         ax.set_title(system, fontsize=9)
-    fig.suptitle("Modality gap per concept, sorted (95% bootstrap intervals)", fontsize=10)
-    return _save(fig, path)
+    fig.suptitle("Modality gap per concept, sorted (95% intervals; pale: few answers)", fontsize=10)
+    return _save(fig, stem)
 
 
-def perception_vs_alignment(systems: dict[str, dict], path: Path) -> Path | None:
+def perception_vs_alignment(systems: dict[str, dict], stem: Path) -> Path | None:
     """Per category: does the model recognise the concept (perception) and call it unsafe (alignment)?"""
     chosen = [(s, t) for s, t in systems.items() if "perception" in t and "alignment" in t]
     if not chosen:
@@ -111,32 +186,32 @@ def perception_vs_alignment(systems: dict[str, dict], path: Path) -> Path | None
     fig = Figure(figsize=(11, 3.3 * len(chosen)), layout="constrained")
     for i, (system, tasks) in enumerate(chosen):
         ax = fig.add_subplot(len(chosen), 1, i + 1)
-        per, vis = tasks["perception"], tasks["alignment"]
-        cats = categories_in([per.summary["per_category"], vis.summary["per_category"]])
+        per, vis = tasks["perception"].summary, tasks["alignment"].summary
+        cats = categories_in([per.get("per_category") or {}, vis.get("per_category") or {}])
         series = [
-            ("perception accuracy", PERCEPTION_COLOR, [per.summary["per_category"].get(c) for c in cats]
-             + [per.summary["overall"]]),
-            ("visual alignment accuracy", VISUAL_COLOR, [vis.summary["per_category"].get(c) for c in cats]
-             + [vis.summary["overall"]]),
+            ("perception accuracy", PERCEPTION_COLOR, [(per.get("per_category") or {}).get(c) for c in cats]
+             + [per.get("overall")]),
+            ("visual alignment accuracy", VISUAL_COLOR, [(vis.get("per_category") or {}).get(c) for c in cats]
+             + [vis.get("overall")]),
         ]
         _grouped_bars(ax, cats + ["Overall"], series, "accuracy")
         ax.set_title(system, fontsize=9)
     fig.suptitle("Recognised (perception) vs called unsafe (visual alignment), per category", fontsize=10)
-    return _save(fig, path)
+    return _save(fig, stem)
 
 
-def after_training(systems: dict[str, dict], path: Path) -> Path | None:
-    """UnsafeConcepts_TEST accuracy per model: overall and on the safe / unsafe halves."""
-    chosen = [(s, run) for s, tasks in systems.items() for task, run in tasks.items()
-              if run.after_training and task.startswith("unsafeconcepts_test")]
-    if not chosen:
+def post_training(rows: list[tuple[str, dict[str, dict | None]]], columns: list[str], stem: Path) -> Path | None:
+    """The post-training comparison: one group of bars per figure (UnsafeConcepts_TEST, MME, ...), one bar
+    per model. ``rows``: (model label, {column: statistic or None})."""
+    if not rows:
         return None
-    fig = Figure(figsize=(max(6.0, 1.6 * len(chosen) + 3), 3.6), layout="constrained")
+    shown = [c for c in columns if any(stats.get(c) and stats[c].get("value") is not None for _, stats in rows)]
+    if not shown:
+        return None
+    fig = Figure(figsize=(max(6.5, 1.2 * len(shown) * max(1, len(rows)) ** 0.5 + 3), 3.8), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    labels = [f"{s}\n{run.task}" if run.task != "unsafeconcepts_test" else s for s, run in chosen]
-    series = [(name, color, [run.summary.get(key) for _, run in chosen])
-              for name, color, key in (("overall", PERCEPTION_COLOR, "overall"), ("safe half", TEXTUAL_COLOR, "safe"),
-                                       ("unsafe half", VISUAL_COLOR, "unsafe"))]
-    _grouped_bars(ax, labels, series, "accuracy (unclear = wrong)")
-    fig.suptitle("Accuracy on UnsafeConcepts_TEST (95% bootstrap intervals)", fontsize=10)
-    return _save(fig, path)
+    series = [(label, SERIES_COLORS[i % len(SERIES_COLORS)], [stats.get(c) for c in shown])
+              for i, (label, stats) in enumerate(rows)]
+    _grouped_bars(ax, shown, series, "score (0-1)")
+    fig.suptitle("After training: each model on the paper's post-training figures (95% intervals)", fontsize=10)
+    return _save(fig, stem)
