@@ -246,7 +246,7 @@ def test_timeouts_are_retried_then_reported():
     with ScriptedServer(lambda n, b, h: (200, completion("late"), None, 1.5)) as server:
         backend = OpenAIBackend("m", base_url=server.base_url, timeout=0.3, max_retries=1, backoff_base=0.05)
         gen = backend.generate([Query("a", "q")], GREEDY)[0]
-    assert gen.text is None and "timed out" in gen.error and "gave up after 2 attempts" in gen.error
+    assert gen.text is None and "no answer within the timeout" in gen.error and "2 timed-out attempts" in gen.error
     assert len(server.bodies) == 2
 
 
@@ -340,3 +340,115 @@ def test_construction_errors_are_user_errors():
 def test_public_url_strips_credentials():
     assert public_url("https://u:p@api.example.com:8443/v1?api-version=2024&api_key=zzz") == \
         "https://api.example.com:8443/v1?api-version=2024&api_key=REDACTED"
+
+
+# ---------------------------------------------------------------- verdicts from logprobs (option_probs)
+
+
+def logprob_completion(top: list[tuple[str, float]]) -> dict:
+    """A one-token chat completion with ``logprobs``, in the shape OpenAI documents and vLLM returns
+    (written from the API reference, not captured from a server)."""
+    body = completion(top[0][0], completion_tokens=1)
+    body["choices"][0]["logprobs"] = {"content": [{
+        "token": top[0][0], "logprob": top[0][1], "bytes": list(top[0][0].encode()),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top]}]}
+    return body
+
+
+def test_option_probs_from_top_logprobs():
+    import math
+
+    tops = {
+        "a": [("No", math.log(0.5)), (" no", math.log(0.1)), ("Yes", math.log(0.2)), ("YES", math.log(0.05)),
+              ("The", math.log(0.1))],
+        "b": [("The", math.log(0.9)), ("I", math.log(0.05))],  # neither option among the top tokens
+    }
+
+    def answer(n, body, headers):
+        return 200, logprob_completion(tops[body["messages"][0]["content"]]), None, 0
+
+    with ScriptedServer(answer) as server:
+        backend = OpenAIBackend("m", base_url=server.base_url, concurrency=2)
+        scored = backend.option_probs([Query("1", "a"), Query("2", "b")], ("Yes", "No"))
+    for body in server.bodies:
+        assert body["logprobs"] is True and body["top_logprobs"] == 20
+        assert body["max_tokens"] == 1 and body["temperature"] == 0.0
+    a, b = scored
+    assert a.error is None and a.source == "top-20"
+    assert math.isclose(a.mass["No"], 0.6) and math.isclose(a.mass["Yes"], 0.25)
+    assert math.isclose(a.probs["No"], 0.6 / 0.85) and a.best == "No"
+    assert b.probs is None and "none of the options" in b.error and "'The'" in b.error
+
+
+def test_option_probs_refused_clearly_by_a_server_without_logprobs():
+    from unsafe_concepts.models.base import LogprobUnsupported
+
+    with ScriptedServer(ok) as server:  # answers, but its completions carry no logprobs
+        with pytest.raises(LogprobUnsupported, match="carry no logprobs"):
+            OpenAIBackend("m", base_url=server.base_url).option_probs([Query("a", "q")], ("Yes", "No"))
+
+    def refuses(n, body, headers):
+        return 400, {"error": {"message": "logprobs is not supported with this model"}}, None, 0
+
+    with ScriptedServer(refuses) as server:
+        with pytest.raises(LogprobUnsupported, match="not supported with this model") as err:
+            OpenAIBackend("m", base_url=server.base_url).option_probs([Query("a", "q")], ("Yes", "No"))
+    assert "--scoring generate" in str(err.value)
+
+
+def test_option_probs_refused_by_transformers_serve(served):
+    """`transformers serve` rejects logprobs: a real server that cannot score, refused in one clear error."""
+    from unsafe_concepts.models.base import LogprobUnsupported
+
+    backend = OpenAIBackend(served.model_dir, base_url=served.base_url)
+    with pytest.raises(LogprobUnsupported, match="cannot score log-probabilities"):
+        backend.option_probs([Query("a", "Is fire hot?")], ("Yes", "No"))
+    backend.close()
+
+
+# ---------------------------------------------------------------- faults: timeouts, 401, secrets in answers
+
+
+def test_a_server_that_never_answers_gives_up_in_bounded_time(capsys):
+    with ScriptedServer(lambda n, b, h: (200, completion("late"), None, 30)) as server:
+        backend = OpenAIBackend("m", base_url=server.base_url, timeout=0.4, max_retries=5, backoff_base=0.05)
+        t0 = time.monotonic()
+        gen = backend.generate([Query("a", "q")], GREEDY)[0]
+        elapsed = time.monotonic() - t0
+    assert gen.text is None and "no answer within the timeout of 0.4 s" in gen.error
+    assert "gave up after 2 timed-out attempts" in gen.error
+    assert elapsed < 3  # two timeouts, not six: a stuck server is not waited for max_retries times
+    assert len(server.bodies) == 2
+    assert "retrying m (query a, attempt 2/6" in capsys.readouterr().err  # retries are shown on screen
+
+
+def test_401_says_the_key_is_bad(monkeypatch):
+    def unauthorized(n, body, headers):
+        return 401, {"error": {"message": "Invalid authentication"}}, None, 0
+
+    with ScriptedServer(unauthorized) as server:
+        monkeypatch.setenv("UC_TEST_API_KEY", "sk-wrong-key-000")
+        with_key = OpenAIBackend("m", base_url=server.base_url, api_key_env="UC_TEST_API_KEY")
+        gen = with_key.generate([Query("a", "q")], GREEDY)[0]
+        assert "HTTP 401" in gen.error and "API key was refused" in gen.error and "$UC_TEST_API_KEY" in gen.error
+        assert "sk-wrong-key-000" not in gen.error
+        monkeypatch.delenv("UC_TEST_API_KEY")
+        without = OpenAIBackend("m", base_url=server.base_url, api_key_env="UC_TEST_API_KEY")
+        gen = without.generate([Query("a", "q")], GREEDY)[0]
+        assert "wants an API key" in gen.error and "UC_TEST_API_KEY" in gen.error
+    assert len(server.bodies) == 2  # not retried
+
+
+def test_secrets_echoed_in_answers_are_scrubbed(monkeypatch):
+    key, hf_token = "sk-live-echo-9876543", "hf_abcdefghijklmnop"
+    monkeypatch.setenv("UC_TEST_API_KEY", key)
+    monkeypatch.setenv("HF_TOKEN", hf_token)
+
+    def echo(n, body, headers):  # a server (or model) that repeats the request headers and its env
+        return 200, completion(f"you sent {headers.get('Authorization')} and my token is {hf_token}"), None, 0
+
+    with ScriptedServer(echo) as server:
+        gen = OpenAIBackend("m", base_url=server.base_url, api_key_env="UC_TEST_API_KEY").generate(
+            [Query("a", "q")], GREEDY)[0]
+    assert server.headers[0]["Authorization"] == f"Bearer {key}"  # the key was really sent
+    assert gen.text == "you sent Bearer *** and my token is ***"

@@ -9,11 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from unsafe_concepts.errors import UserError
-from unsafe_concepts.models.base import Generation, GenerationConfig, ModelBackend, Query
+from unsafe_concepts.models.base import (
+    Generation,
+    GenerationConfig,
+    ModelBackend,
+    OptionProbs,
+    Query,
+    check_options,
+)
 
 #: A model folder may carry this file to label itself (e.g. tiny-vlm: untrained vision tower);
 #: its keys are copied into ``describe()`` so every run record shows the label.
@@ -131,7 +139,8 @@ def load_hf_model(
     source = resolve_source(spec_or_path)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
-    remote = {"trust_remote_code": True} if trust_remote_code else {}
+    # Passed explicitly even when False: transformers would otherwise ask on the terminal.
+    remote = {"trust_remote_code": bool(trust_remote_code)}
     try:
         config = AutoConfig.from_pretrained(source, **remote)
     except (OSError, ValueError) as e:
@@ -386,6 +395,79 @@ class HFBackend(ModelBackend):
         gen.eos_token_id = sorted(self.eos_ids) or None
         gen.max_length = None
         return gen
+
+    # ---- next-token verdicts: one forward pass per query, no generation (see models/scoring.py)
+
+    supports_logprobs = True
+
+    def option_probs(self, queries: list[Query], options: Sequence[str]) -> list[OptionProbs]:
+        """The next-token mass of each option after each query, in batches of ``batch_size``."""
+        from unsafe_concepts.models import scoring
+
+        options = check_options(options)
+        cache = self.__dict__.setdefault("_option_ids", {})
+        if options not in cache:
+            try:
+                cache[options] = scoring.option_token_ids(self.tokenizer, options)
+            except ValueError as e:
+                raise UserError(f"model {self.spec}: {e}") from None
+        token_ids = cache[options]
+        results: list[OptionProbs | None] = [None] * len(queries)
+        for start in range(0, len(queries), self.batch_size):
+            chunk = list(range(start, min(start + self.batch_size, len(queries))))
+            for group in ([i for i in chunk if queries[i].image is not None],
+                          [i for i in chunk if queries[i].image is None]):
+                if group:
+                    for i, scored in zip(group, self._score_group([queries[i] for i in group], token_ids)):
+                        results[i] = scored
+        return results  # type: ignore[return-value]
+
+    def _score_group(self, queries: list[Query], token_ids) -> list[OptionProbs]:
+        """As ``_generate_group``: the whole group at once; if that fails, each query alone."""
+        out: list[OptionProbs | None] = [None] * len(queries)
+        items: list[tuple[int, str, Any]] = []
+        for pos, q in enumerate(queries):
+            try:
+                items.append((pos, self._check_prompt(q), self._load_image(q)))
+            except UserError as e:
+                out[pos] = OptionProbs(probs=None, error=str(e))
+        batches = [items] if items else []
+        while batches:
+            batch = batches.pop()
+            try:
+                for pos, scored in zip([p for p, _, _ in batch], self._score_batch(batch, token_ids)):
+                    out[pos] = scored
+            except Exception as e:  # noqa: BLE001 - isolate the failing item
+                if len(batch) == 1:
+                    out[batch[0][0]] = OptionProbs(probs=None, error=_describe_error(e))
+                else:
+                    batches.extend([item] for item in batch)
+        return out  # type: ignore[return-value]
+
+    def _score_batch(self, items, token_ids) -> list[OptionProbs]:
+        import torch
+
+        from unsafe_concepts.models import scoring
+
+        t0 = time.perf_counter()
+        one_step = GenerationConfig(max_new_tokens=1, do_sample=False)
+        failed: dict[int, Generation] = {}
+        inputs, kept = self._encode_fitting(items, one_step, failed)
+        results = {pos: OptionProbs(probs=None, error=g.error) for pos, g in failed.items()}
+        if kept:
+            # generate() with one new token is exactly one forward pass, and it prepares the inputs
+            # (positions under left padding, image features, M-RoPE) as each architecture needs;
+            # output_logits gives the raw logits, before any logits processor.
+            with torch.inference_mode():
+                out = self.model.generate(**inputs, generation_config=self._gen_config(one_step),
+                                          output_logits=True, return_dict_in_generate=True)
+            log_probs = torch.log_softmax(out.logits[0].float(), dim=-1)
+            for (pos, _, _), row in zip(kept, log_probs):
+                results[pos] = scoring.from_log_probs(row, token_ids)
+        per_item = (time.perf_counter() - t0) / len(items)
+        for scored in results.values():
+            scored.latency_s = per_item
+        return [results[pos] for pos, _, _ in items]
 
     # ---- per-query checks
 

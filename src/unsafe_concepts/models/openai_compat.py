@@ -23,28 +23,44 @@ import json
 import os
 import random
 import re
+import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from unsafe_concepts.errors import UserError
-from unsafe_concepts.models.base import Generation, GenerationConfig, ModelBackend, Query
+from unsafe_concepts.models.base import (
+    Generation,
+    GenerationConfig,
+    LogprobUnsupported,
+    ModelBackend,
+    OptionProbs,
+    Query,
+    check_options,
+    unsupported_logprobs,
+)
 
 #: Most characters of a server's error message kept in ``Generation.error``.
 MAX_SERVER_MESSAGE = 300
+#: Timed-out attempts after which a query gives up (each one already waited the whole timeout).
+MAX_TIMEOUTS = 2
 #: Longest wait honoured from a Retry-After header, in seconds (a server may ask for hours).
 MAX_RETRY_AFTER = 60.0
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Environment variables whose values never leave the client in an answer or an error.
+_SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "OPENAI_API_KEY")
 _SECRET_QUERY_KEYS = re.compile(r"key|token|secret|sig|password|auth", re.IGNORECASE)
 
 
 class _Retryable(Exception):
     """A failure worth another attempt; ``wait`` is the server's Retry-After when it gave one."""
 
-    def __init__(self, message: str, wait: float | None = None):
+    def __init__(self, message: str, wait: float | None = None, timed_out: bool = False):
         super().__init__(message)
         self.wait = wait
+        self.timed_out = timed_out
 
 
 class _Fatal(Exception):
@@ -209,16 +225,20 @@ class OpenAIBackend(ModelBackend):
     # ---- generation ----
 
     def generate(self, queries: list[Query], config: GenerationConfig) -> list[Generation]:
+        return self._map(lambda client, q, cancel: self._answer(client, q, config, cancel), queries)
+
+    def _map(self, ask, queries: list):
+        """``ask(client, query, cancel)`` for every query, ``concurrency`` at a time, results in order."""
         if not queries:
             return []
         client = self._http()
         cancel = threading.Event()
         if self.concurrency == 1 or len(queries) == 1:
-            return [self._answer(client, q, config, cancel) for q in queries]
+            return [ask(client, q, cancel) for q in queries]
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(queries)),
                                   thread_name_prefix="openai-compat")
         try:
-            return list(pool.map(lambda q: self._answer(client, q, config, cancel), queries))
+            return list(pool.map(lambda q: ask(client, q, cancel), queries))
         except BaseException:
             # Ctrl-C: stop promptly (no waiting out backoffs and queued items); the run store keeps
             # every finished batch, and the next run resumes from there.
@@ -272,40 +292,56 @@ class OpenAIBackend(ModelBackend):
     def _answer(self, client, query: Query, config: GenerationConfig,
                 cancel: threading.Event | None = None) -> Generation:
         """One query to its Generation; every failure is caught and stated, never raised."""
+        def done(parsed, latency):
+            text, n_tokens = parsed
+            return Generation(text=self._scrub(text), latency_s=latency, n_tokens=n_tokens)
+
+        return self._ask(client, query, lambda q: self.payload(q, config), self._parse, done,
+                         lambda error, latency: Generation(text=None, error=error, latency_s=latency), cancel)
+
+    def _ask(self, client, query: Query, make_body, parse, done, fail, cancel: threading.Event | None):
+        """Send one query with retries: ``done(parse(response), latency)`` or ``fail(error, latency)``."""
         start = time.monotonic()
         if query.image is not None and not self.supports_images:
-            return Generation(text=None, error=f"{self.model} is text-only (supports_images=False): "
-                              "image queries are not sent")
+            return fail(f"{self.model} is text-only (supports_images=False): image queries are not sent", 0.0)
         try:
-            body = self.payload(query, config)
+            body = make_body(query)
         except UserError as e:
-            return Generation(text=None, error=self._scrub(str(e)))
+            return fail(self._scrub(str(e)), 0.0)
         except Exception as e:  # noqa: BLE001 - an unexpected image type must not stop the batch
-            return Generation(text=None, error=self._scrub(f"cannot encode the image: {type(e).__name__}: {e}"))
+            return fail(self._scrub(f"cannot encode the image: {type(e).__name__}: {e}"), 0.0)
 
         attempts = self.max_retries + 1
         last = ""
+        timeouts = 0
         for attempt in range(attempts):
             if cancel is not None and cancel.is_set():
-                return Generation(text=None, error="cancelled", latency_s=time.monotonic() - start)
+                return fail("cancelled", time.monotonic() - start)
             t0 = time.monotonic()
             try:
-                text, n_tokens = self._post(client, body)
-                return Generation(text=text, latency_s=time.monotonic() - t0, n_tokens=n_tokens)
+                parsed = self._post(client, body, parse)
+                return done(parsed, time.monotonic() - t0)
+            except LogprobUnsupported:
+                raise  # the server cannot do this at all: stop the whole call, not one item
             except _Fatal as e:
-                return Generation(text=None, error=self._scrub(f"{e} (not retried)"),
-                                  latency_s=time.monotonic() - start)
+                return fail(self._scrub(f"{e} (not retried)"), time.monotonic() - start)
             except _Retryable as e:
                 last = str(e)
+                timeouts += e.timed_out
+                if timeouts >= MAX_TIMEOUTS:
+                    # A server that did not answer within the timeout twice is stuck or overloaded:
+                    # more attempts would only multiply the wait (6 x 120 s was 12 minutes).
+                    return fail(self._scrub(f"{last}; gave up after {timeouts} timed-out attempts "
+                                            "(is the server stuck? a slow server needs a larger --timeout)"),
+                                time.monotonic() - start)
                 if attempt + 1 < attempts:
+                    self._on_retry(query, attempt + 1, attempts, last)
                     (cancel or threading.Event()).wait(self._delay(attempt, e.wait))
             except Exception as e:  # noqa: BLE001 - anything else is stated per item, never raised
-                return Generation(text=None, error=self._scrub(f"unexpected {type(e).__name__}: {e}"),
-                                  latency_s=time.monotonic() - start)
-        return Generation(text=None, error=self._scrub(f"{last} (gave up after {attempts} attempts)"),
-                          latency_s=time.monotonic() - start)
+                return fail(self._scrub(f"unexpected {type(e).__name__}: {e}"), time.monotonic() - start)
+        return fail(self._scrub(f"{last} (gave up after {attempts} attempts)"), time.monotonic() - start)
 
-    def _post(self, client, body: dict) -> tuple[str, int | None]:
+    def _post(self, client, body: dict, parse=None):
         import httpx
 
         url = self._url + "/chat/completions"
@@ -313,7 +349,8 @@ class OpenAIBackend(ModelBackend):
         try:
             response = client.post(url, json=body)
         except httpx.TimeoutException as e:
-            raise _Retryable(f"timed out ({type(e).__name__}, timeout {self.timeout:g} s) at {where}") from None
+            raise _Retryable(f"no answer within the timeout of {self.timeout:g} s ({type(e).__name__}) "
+                             f"from {where}", timed_out=True) from None
         except httpx.ConnectError as e:
             raise _Retryable(f"cannot connect to {where}: {e}") from None
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.NetworkError) as e:
@@ -333,12 +370,76 @@ class OpenAIBackend(ModelBackend):
                 self._max_tokens_field = "max_completion_tokens"
                 retry = {k: v for k, v in body.items() if k != "max_tokens"}
                 retry["max_completion_tokens"] = body["max_tokens"]
-                return self._post(client, retry)
+                return self._post(client, retry, parse)
+            if "top_logprobs" in body and "logprob" in message.lower():
+                raise unsupported_logprobs(f"the server at {self.base_url} (model {self.model})",
+                                           f"it refused the request: HTTP {status}: {self._scrub(message)}")
             hint = " (is --base-url missing the /v1 suffix?)" if status == 404 else ""
+            if status == 401:
+                hint = (f" (the API key was refused: check the key in ${self.api_key_env})" if self._api_key else
+                        f" (the server wants an API key: put it in the environment variable {self.api_key_env})")
             raise _Fatal(f"HTTP {status} from {where}: {message}{hint}")
         if status != 200:
             raise _Fatal(f"unexpected HTTP {status} from {where}: {_server_message(response)}")
-        return self._parse(response, where)
+        return (parse or self._parse)(response, where)
+
+    # ---- next-token verdicts (logprobs) ----
+
+    supports_logprobs = True
+    #: Top log-probabilities asked for: OpenAI's maximum, and vLLM's default ``--max-logprobs``.
+    top_logprobs = 20
+
+    def option_probs(self, queries: list[Query], options: Sequence[str]) -> list[OptionProbs]:
+        """One token per query with ``logprobs``/``top_logprobs``: the options' masses among the server's
+        top-k next tokens (``source`` "top-k"). A server that returns no log-probabilities, or refuses
+        them, raises LogprobUnsupported for the whole call."""
+        from unsafe_concepts.models import scoring
+
+        options = check_options(options)
+        greedy_one = GenerationConfig(max_new_tokens=1, do_sample=False)
+
+        def body(q: Query) -> dict:
+            return {**self.payload(q, greedy_one), "logprobs": True, "top_logprobs": self.top_logprobs}
+
+        def done(top, latency):
+            return scoring.from_top_logprobs(top, options, self.top_logprobs, latency_s=latency)
+
+        def fail(error, latency):
+            return OptionProbs(probs=None, error=error, latency_s=latency, source=f"top-{self.top_logprobs}")
+
+        return self._map(lambda client, q, cancel: self._ask(client, q, body, self._parse_top_logprobs, done,
+                                                             fail, cancel), queries)
+
+    def _parse_top_logprobs(self, response, where: str) -> list[tuple[str, float]]:
+        """``choices[0].logprobs.content[0].top_logprobs`` as (token, logprob) pairs."""
+        try:
+            choice = response.json()["choices"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise _Fatal(f"malformed chat completion from {where}: {_server_message(response)}") from None
+        logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+        content = logprobs.get("content") if isinstance(logprobs, dict) else None
+        if not content or not isinstance(content, list) or not isinstance(content[0], dict):
+            raise unsupported_logprobs(f"the server at {self.base_url} (model {self.model})",
+                                       "its chat completions carry no logprobs")
+        top = content[0].get("top_logprobs") or []
+        pairs = [(str(t.get("token", "")), t.get("logprob")) for t in top if isinstance(t, dict)]
+        pairs = [(t, float(lp)) for t, lp in pairs if isinstance(lp, (int, float))]
+        if not pairs:
+            raise unsupported_logprobs(f"the server at {self.base_url} (model {self.model})",
+                                       "it returned no top_logprobs")
+        return pairs
+
+    def _on_retry(self, query: Query, attempt: int, attempts: int, error: str) -> None:
+        """Retries are shown on screen (stderr), at most one line a second, with a running count."""
+        with self._client_lock:
+            self._retries = getattr(self, "_retries", 0) + 1
+            now = time.monotonic()
+            if now - getattr(self, "_last_retry_note", -1e9) < 1.0:
+                return
+            self._last_retry_note = now
+            count = self._retries
+        print(f"retrying {self.model} (query {query.id}, attempt {attempt + 1}/{attempts}; "
+              f"{count} retries so far): {self._scrub(error)}", file=sys.stderr, flush=True)
 
     @staticmethod
     def _parse(response, where: str) -> tuple[str, int | None]:
@@ -368,7 +469,12 @@ class OpenAIBackend(ModelBackend):
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # "equal jitter": spread out, never ~0
 
     def _scrub(self, text: str) -> str:
-        """Errors may quote what a server echoed back: never let the key or URL credentials through."""
+        """Answers and errors may quote what a server echoed back (its request headers, its
+        environment): never let the key, URL credentials or a Hugging Face token through."""
+        for name in _SECRET_ENV:
+            value = os.environ.get(name)
+            if value and len(value) >= 8:  # a short value would blank ordinary words
+                text = text.replace(value, "***")
         if self._api_key:
             text = text.replace(self._api_key, "***")
         if self._basic_auth:
