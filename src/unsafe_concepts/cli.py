@@ -140,6 +140,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-only", action="store_true",
                    help="treat the model as text only: image tasks are refused, text tasks get no blank image "
                    "(needed for openai: servers of text models, which may silently drop images)")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="hf: models whose folder ships Python code (auto_map, e.g. InternLM-XComposer2): run that "
+                   "code. Off by default; recorded in run.json. Only for sources you trust")
+    g.add_argument("--prompt-format", choices=["auto", "llava-v1"], default=None,
+                   help="hf: models: 'auto' (default) = the model's chat template; 'llava-v1' = the reference "
+                   "code's LLaVA v1 conversation with its system prompt (LLaVA-1.5)")
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:

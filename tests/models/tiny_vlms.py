@@ -1,8 +1,11 @@
-"""Tiny, randomly initialised VLMs of four architectures, saved as ordinary transformers folders.
+"""Tiny, randomly initialised VLMs of six architectures, saved as ordinary transformers folders.
 
 Each has a real tokenizer (SmolLM2's, plus the architecture's special image tokens), a real image
-processor of the architecture (small sizes) and a chat template, so that the backend loads it the
-way users load a hub model: ``load_model("hf:<folder>")`` -> ``from_pretrained``."""
+processor of the architecture (small sizes) and, where the family's checkpoints have one, a chat
+template, so that the backend loads it the way users load a hub model:
+``load_model("hf:<folder>")`` -> ``from_pretrained``. Two of them are families of the paper's eight
+VLMs that are not LLaVA: InstructBLIP (no chat template; Q-Former query tokens placed by the
+processor) and Qwen2-VL (dynamic resolution, M-RoPE; its processor needs torchvision)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +13,9 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoTokenizer,
+    InstructBlipConfig,
+    InstructBlipForConditionalGeneration,
+    InstructBlipProcessor,
     CLIPVisionConfig,
     GemmaConfig,
     Idefics3Config,
@@ -27,6 +33,7 @@ from transformers import (
     PaliGemmaProcessor,
     SiglipVisionConfig,
 )
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
@@ -143,9 +150,73 @@ def build_paligemma(out: Path) -> Path:
     return _save(model, processor, out)
 
 
+def build_instructblip(out: Path) -> Path:
+    """InstructBLIP: ViT + Q-Former (its own tokenizer reads the question) + LLaMA-style decoder.
+
+    Like the real checkpoints (Salesforce/instructblip-vicuna-7b/13b) it has no chat template: the
+    prompt is the bare question and the processor puts the query tokens in front."""
+    tok = _tokenizer()
+    size, patch, n_query = 32, 8, 4
+    processor = InstructBlipProcessor(image_processor=BlipImageProcessorPil(size={"height": size, "width": size}),
+                                      tokenizer=tok, qformer_tokenizer=_tokenizer(), num_query_tokens=n_query)
+    tok.chat_template = None
+    vision = dict(hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=size, patch_size=patch)
+    qformer = dict(vocab_size=_vocab(processor.qformer_tokenizer), hidden_size=HIDDEN, num_hidden_layers=1,
+                   num_attention_heads=2, intermediate_size=64, encoder_hidden_size=HIDDEN,
+                   max_position_embeddings=512, pad_token_id=tok.pad_token_id)
+    config = InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=_llama(tok).to_dict(),
+                                num_query_tokens=n_query, image_token_index=tok.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(0)
+    model = InstructBlipForConditionalGeneration(config)
+    return _save(model, processor, out)
+
+
+def torchvision_available() -> bool:
+    from transformers.utils import is_torchvision_available
+
+    return is_torchvision_available()
+
+
+def build_qwen2_vl(out: Path) -> Path:
+    """Qwen2-VL: images at their own resolution (patches merged 2x2), M-RoPE positions.
+
+    The chat template is SmolLM2's ChatML with Qwen2-VL's image markers (a guess at the shape of the
+    real one, which also uses ChatML with <|vision_start|><|image_pad|><|vision_end|>)."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    marks = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+    tok = _tokenizer(*marks)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in marks}
+    patch, merge = 8, 2
+    sizes = dict(patch_size=patch, merge_size=merge, temporal_patch_size=2,
+                 size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64})
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(**sizes), tokenizer=tok,
+                                 video_processor=Qwen2VLVideoProcessor(**sizes),
+                                 chat_template=image_chat_template("<|vision_start|><|image_pad|><|vision_end|>"))
+    text = dict(vocab_size=_vocab(tok), hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    vision = dict(depth=1, embed_dim=HIDDEN, hidden_size=HIDDEN, num_heads=2, mlp_ratio=2, patch_size=patch,
+                  spatial_merge_size=merge, temporal_patch_size=2)
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                           vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config)
+    return _save(model, processor, out)
+
+
 BUILDERS = {
     "llava": build_llava,
     "llava_next": build_llava_next,
     "idefics3": build_idefics3,
     "paligemma": build_paligemma,
+    "instructblip": build_instructblip,
+    "qwen2_vl": build_qwen2_vl,
 }
+# Builders that need an optional package, and why they are skipped without it.
+NEEDS = {"qwen2_vl": (torchvision_available, "Qwen2-VL's processor needs torchvision (not installed)")}

@@ -35,6 +35,9 @@ PROMPT_FORMATS = {
 #: BLIP-2), and the prompt is the question alone, as the families' model cards and LAVIS ask;
 #: anything else gets ``<image token><prompt>`` (e.g. PaliGemma, whose processor expands it).
 NO_TEMPLATE_FORMATS = {"instructblip": "bare", "instructblipvideo": "bare", "blip-2": "bare"}
+#: VLM families that cannot answer without an image (their generate needs pixel values): a text-only
+#: query gets the protocol's blank white image, as the reference code showed text items to them.
+IMAGE_REQUIRED = {"instructblip", "instructblipvideo", "blip-2"}
 
 # The attribute a loaded processor carries its chosen prompt format under (set by the loader).
 _FORMAT_ATTR = "unsafe_concepts_prompt_format"
@@ -100,14 +103,17 @@ def chat_text(processor, prompt: str, *, with_image: bool) -> str:
                                          add_generation_prompt=True, tokenize=False)
     if not vlm:
         return prompt  # a base LM without a chat template gets the bare prompt
-    family = NO_TEMPLATE_FORMATS.get(getattr(processor, _MODEL_TYPE_ATTR, None) or _guess_family(processor))
+    family = NO_TEMPLATE_FORMATS.get(_family(processor))
     if family == "bare" or not with_image:
         return prompt
     return image_token(processor) + prompt
 
 
-def _guess_family(processor) -> str | None:
-    """A processor that was not loaded through ``configure`` (e.g. built in a test): by its class."""
+def _family(processor) -> str | None:
+    """The model type recorded by the loader; for a processor built by hand, guessed from its class."""
+    recorded = getattr(processor, _MODEL_TYPE_ATTR, None)
+    if recorded:
+        return recorded
     name = type(processor).__name__.lower()
     if "instructblip" in name:
         return "instructblip"
@@ -149,7 +155,8 @@ def encode(processor, prompts: Sequence[str], images: Sequence[Any] | None = Non
 
     ``images``: one per prompt (a path, a PIL image or None) or None for none at all. On a VLM a
     None image means "no image" unless ``blank_for_missing`` (the protocol's text-only items:
-    the blank white image). A batch is either all-image or all-text (processors cannot mix).
+    the blank white image) or the family cannot answer without one (:data:`IMAGE_REQUIRED`).
+    A batch is either all-image or all-text (processors cannot mix).
     Text models ignore images. ``max_length`` left-truncates text-model prompts (training only)."""
     vlm = is_vlm(processor)
     n = len(prompts)
@@ -158,7 +165,7 @@ def encode(processor, prompts: Sequence[str], images: Sequence[Any] | None = Non
     pil = None
     if vlm:
         given = list(images) if images is not None else [None] * n
-        if blank_for_missing:
+        if blank_for_missing or _family(processor) in IMAGE_REQUIRED:
             given = [blank_image() if im is None else im for im in given]
         has = [im is not None for im in given]
         if any(has) and not all(has):
@@ -179,5 +186,5 @@ def encode(processor, prompts: Sequence[str], images: Sequence[Any] | None = Non
     return tok(texts, **kwargs)
 
 
-__all__ = ["LLAVA_V1_SYSTEM", "PROMPT_FORMATS", "NO_TEMPLATE_FORMATS", "is_vlm", "tokenizer_of", "configure",
+__all__ = ["LLAVA_V1_SYSTEM", "PROMPT_FORMATS", "NO_TEMPLATE_FORMATS", "IMAGE_REQUIRED", "is_vlm", "tokenizer_of", "configure",
            "prompt_format", "image_token", "chat_messages", "chat_text", "blank_image", "load_image", "encode"]
