@@ -1,5 +1,7 @@
-"""`unsafe-concepts evaluate` end to end with the real SmolLM2-135M-Instruct on the offline sample:
-the run folder's files, resumption (also after SIGKILL), refusal to mix configurations."""
+"""`unsafe-concepts evaluate` (the one runner) end to end with the real SmolLM2-135M-Instruct and tiny-vlm on the
+offline sample: the run folder's files and record, resumption (also after SIGKILL), refusal to mix
+configurations, nothing written by a refused command, sweeps, the Python API, the same SMID figure
+through evaluate and posteval."""
 import json
 import os
 import signal
@@ -9,8 +11,8 @@ import time
 
 import pytest
 
-from unsafe_concepts.cli import main
-from unsafe_concepts.runs import RunStore
+from unsafe_concepts.cli import build_parser, main
+from unsafe_concepts.runs import RunConfig, RunStore
 
 ROW_FIELDS = {"id", "task", "prompt_index", "prompt", "image", "concept", "category", "label", "response", "error",
               "latency_s"}
@@ -18,8 +20,9 @@ FAST = ["--max-new-tokens", "8", "--batch-size", "4"]
 
 
 def _evaluate(out, *extra):
+    judge = [] if "--judge" in extra else ["--judge", "none"]
     return main(["evaluate", "--model", "smollm2-135m", "--task", "alignment_text_only", "--data", "sample",
-                 "--out", str(out), *FAST, *extra])
+                 "--out", str(out), *FAST, *judge, *extra])
 
 
 def _rows(out):
@@ -38,6 +41,10 @@ def test_run_folder_resume_and_judging(tmp_path):
     assert record["config"]["model"] == "smollm2-135m" and record["config"]["task"] == "alignment_text_only"
     assert record["config"]["generation"]["seed"] == 0 and "transformers" in record["environment"]["versions"]
     assert record["model_info"]  # what the model is, from the backend
+    assert record["format_version"] == 2 and record["synthetic"] is True
+    assert record["task"] == {**record["task"], "name": "alignment_text_only", "kind": "alignment", "modality": "text"}
+    assert record["data"]["source"] == "sample" and record["data"]["fingerprint"].startswith("sha256:")
+    assert record["model"]["identity"]["weights_fingerprint"].startswith("sha256:")
 
     # same command again: nothing new is asked, nothing duplicated; judging adds verdicts + metrics
     before = (out / "responses.jsonl").read_text()
@@ -45,10 +52,12 @@ def test_run_folder_resume_and_judging(tmp_path):
     rows = _rows(out)
     assert [r["response"] for r in rows] == [json.loads(x)["response"] for x in before.splitlines()]
     assert all(r["verdict"] in ("safe", "unsafe", "unclear") for r in rows)
+    assert all({"verdict_confidence", "verdict_reason"} <= set(r) for r in rows)
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("task", "model", "n", "n_unclear", "overall", "per_category"):
         assert key in metrics
     assert metrics["n"] == 6 and metrics["model"] == "smollm2-135m"
+    assert metrics["format_version"] == 2 and metrics["task_kind"] == "alignment" and metrics["synthetic"] is True
 
     # a different configuration is refused; a larger limit extends the run, a smaller one is refused
     assert _evaluate(out, "--limit", "6", "--temperature", "0.5") == 2
@@ -63,7 +72,7 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "unsafe_concepts", "evaluate", "--model", "smollm2-135m", "--task",
            "alignment_text_only", "--data", "sample", "--out", str(out), "--limit", "16", "--batch-size", "2",
-           "--max-new-tokens", "12"]
+           "--max-new-tokens", "12", "--judge", "none"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     responses = out / "responses.jsonl"
     deadline = time.time() + 240
@@ -86,13 +95,14 @@ def test_text_only_model_refuses_image_task_clearly(tmp_path, capsys):
     code = main(["evaluate", "--model", "smollm2-135m", "--task", "perception", "--data", "sample",
                  "--out", str(tmp_path / "p"), "--limit", "2", *FAST])
     assert code == 2 and "text only" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()  # a refused run leaves nothing behind
 
 
 @pytest.mark.parametrize("task", ["perception", "alignment", "alignment_context"])
 def test_tiny_vlm_image_tasks(tmp_path, task):
     out = tmp_path / task
     assert main(["evaluate", "--model", "tiny-vlm", "--task", task, "--data", "sample", "--out", str(out),
-                 "--limit", "2", *FAST]) == 0
+                 "--limit", "2", "--judge", "rule", *FAST]) == 0
     rows = _rows(out)
     assert len(rows) == 2 and all(r["image"] and os.path.exists(r["image"]) for r in rows)
     assert all(r["error"] is None for r in rows)
@@ -101,3 +111,108 @@ def test_tiny_vlm_image_tasks(tmp_path, task):
     if task == "alignment_context":
         assert {r["context"] for r in rows} <= {"safe", "unsafe"}
     assert json.loads((out / "run.json").read_text())["model_info"]["untrained_vision"] is True
+
+    assert json.loads((out / "metrics.json").read_text())["metrics_kind"] == (
+        "alignment_context" if task == "alignment_context" else task)
+
+
+def test_refused_commands_write_nothing(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert _evaluate(out, "--data", str(tmp_path / "nope")) == 2
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", "x", "--task", "alignment", "--data", "sample", "--out", str(out),
+              "--max-new-tokens", "0"])
+    assert main(["evaluate", "--model", "no-such-model", "--task", "alignment_text_only", "--data", "sample",
+                 "--out", str(out), "--limit", "1"]) == 2
+    assert main(["evaluate", "--model", "smollm2-135m", "--task", "alignment_text_onyl", "--data", "sample",
+                 "--out", str(out)]) == 2
+    assert not out.exists()
+    # the corrected command then runs
+    assert _evaluate(out, "--limit", "1") == 0 and (out / "run.json").exists()
+    # --out under a read-only parent: one clear line
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if not os.access(ro, os.W_OK):  # root ignores permissions
+            capsys.readouterr()
+            assert _evaluate(ro / "run", "--limit", "1") == 2
+            assert "not writable" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+    # a folder that is not a run folder of this tool
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "responses.jsonl").write_text('{"id": 1}\n')
+    assert _evaluate(foreign, "--limit", "1") == 2
+
+
+def test_data_is_required_or_announced(tmp_path, capsys):
+    assert main(["evaluate", "--model", "smollm2-135m", "--task", "alignment_text_only", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "--data is required" in capsys.readouterr().err
+    assert _evaluate(tmp_path / "s", "--limit", "1") == 0
+    assert "SYNTHETIC" in capsys.readouterr().err
+
+
+def test_model_identity_is_checked_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _evaluate(out, "--limit", "1") == 0
+    record = json.loads((out / "run.json").read_text())
+    record["model"]["identity"]["weights_fingerprint"] = "sha256:another-model"
+    (out / "run.json").write_text(json.dumps(record))
+    assert _evaluate(out, "--limit", "2") == 2
+    assert "not the one this run was made with" in capsys.readouterr().err
+
+
+def test_cli_defaults_are_the_run_config_defaults():
+    from unsafe_concepts.models.base import GenerationConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["evaluate", "--model", "m", "--task", "alignment", "--out", "o"])
+    config, gen = RunConfig(model="m", task="alignment"), GenerationConfig()
+    for name in ("batch_size", "concurrency", "api_key_env", "split", "pairing", "scoring", "limit", "judge"):
+        assert getattr(args, name) == getattr(config, name), name
+    assert (args.max_new_tokens, args.temperature, args.top_p, args.seed) == (
+        gen.max_new_tokens, gen.temperature, gen.top_p, gen.seed)
+    assert config.generation == {**gen.to_dict()}
+
+
+def test_sweep_two_models_two_tasks_then_resume(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["evaluate", "--model", "smollm2-135m", "--model", "tiny-vlm", "--task", "alignment,alignment_text_only",
+            "--data", "sample", "--limit", "2", "--out", str(out), "--judge", "rule", *FAST]
+    assert main(argv) == 1  # smollm2 cannot see images: that pair fails clearly, the other three run
+    err = capsys.readouterr().err
+    assert "smollm2-135m / alignment" in err and "text only" in err
+    done = sorted(p.name for p in out.iterdir() if (p / "metrics.json").exists())
+    assert done == ["smollm2-135m__alignment_text_only", "tiny-vlm__alignment", "tiny-vlm__alignment_text_only"]
+    concepts = {name: sorted(r["concept"] for r in _rows(out / name)) for name in done}
+    assert len(set(map(tuple, concepts.values()))) == 1  # --limit asks the same concepts in both modalities
+    before = {name: (out / name / "responses.jsonl").read_text() for name in done}
+    assert main(argv) == 1
+    assert {name: (out / name / "responses.jsonl").read_text() for name in done} == before  # resumed, nothing asked
+
+
+def test_config_file_for_evaluate(tmp_path):
+    cfg = tmp_path / "eval.json"
+    cfg.write_text(json.dumps({"model": "smollm2-135m", "task": "alignment_text_only", "data": "sample",
+                               "limit": 1, "max-new-tokens": 4, "judge": "none"}))
+    assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "c")]) == 0
+    record = json.loads((tmp_path / "c" / "run.json").read_text())
+    assert record["config"]["limit"] == 1 and record["config"]["generation"]["max_new_tokens"] == 4
+    cfg.write_text(json.dumps({"modle": "x"}))
+    assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "d")]) == 2
+
+
+def test_python_api_in_five_lines(tmp_path):
+    # the example of docs/evaluation-runs.md ("From Python"), as written there
+    from unsafe_concepts import build_report, evaluate
+
+    text = evaluate("smollm2-135m", "alignment_text_only", data="sample", out=tmp_path / "text", limit=4,
+                    judge="rule", max_new_tokens=8)
+    print(text)
+    assert "alignment_text_only | smollm2-135m | 4/4 answered" in repr(text)
+    assert text.metrics["n"] == 4 and (tmp_path / "text" / "metrics.json").exists()
+    built = build_report([text.out], tmp_path / "report")
+    assert (tmp_path / "report" / "report.html").exists() and built is not None

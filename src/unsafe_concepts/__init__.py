@@ -7,3 +7,15 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+# The Python API (unsafe_concepts/api.py), imported on first use so that `import unsafe_concepts` stays light.
+# (`build_report`, not `report`: unsafe_concepts.report is the report's package.)
+__all__ = ["evaluate", "load_model", "load_judge", "build_report", "task", "Task", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("evaluate", "load_model", "load_judge", "build_report", "task", "Task"):
+        from unsafe_concepts import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'unsafe_concepts' has no attribute {name!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from unsafe_concepts.runs import RunConfig, evaluate, parse_prompts
+from unsafe_concepts.runs import RunConfig, parse_prompts, run_task
 
 # (model, task, items asked): sized so that the demo stays within a few minutes on 2 cores.
 DEMO_PLAN = (
@@ -21,10 +21,25 @@ DEMO_PLAN = (
 DEMO_MAX_NEW_TOKENS = 48  # the protocol allows 512; short answers keep the demo fast and are still judged
 
 
-def run_demo(out: str | Path, *, limit: int | None = None, judge_name: str = "classifier", quiet: bool = False) -> Path:
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def task_kind(name: str) -> str:
+    from unsafe_concepts.tasks import get_task
+
+    return get_task(name).kind
+
+
+def run_demo(out: str | Path, *, limit: int | None = None, judge_name: str | None = None, quiet: bool = False) -> Path:
     from unsafe_concepts.judges import load_judge
     from unsafe_concepts.models.registry import load_model
     from unsafe_concepts.report import build_report
+    from unsafe_concepts.runs import quiet_loading
+    from unsafe_concepts.scorers import JudgeScorer, default_judge
+
+    judge_name = judge_name or default_judge()
+    quiet_loading()
 
     out = Path(out)
     judge = load_judge(judge_name)
@@ -39,7 +54,12 @@ def run_demo(out: str | Path, *, limit: int | None = None, judge_name: str = "cl
                            generation={"max_new_tokens": DEMO_MAX_NEW_TOKENS, "temperature": 1.0, "top_p": 0.9,
                                        "do_sample": True, "seed": 0})
         t0 = time.time()
-        evaluate(config, run_dir, backend=backends[model], judge=judge, quiet=quiet)
+        result = run_task(config, run_dir, backend=backends[model], scorer=JudgeScorer(judge, judge_name, task_kind(task)),
+                          quiet=quiet)
+        if not quiet and result.metrics:
+            overall = result.metrics["overall"]
+            print(f"  {model} / {task}: {_fmt(overall['value'])} [{_fmt(overall.get('ci_low'))}, "
+                  f"{_fmt(overall.get('ci_high'))}] n={overall['n']}, unclear {_fmt(result.metrics['unclear_rate'])}")
         if not quiet:
             print(f"  {model} / {task}: {time.time() - t0:.0f}s -> {run_dir}")
         run_dirs.append(run_dir)

@@ -1,174 +1,109 @@
-"""Evaluation runs: the resumable run store and the `evaluate` command.
+"""The one runner: a task asked of a model into a run folder, resumable, then scored. Every command that
+evaluates (``evaluate``, ``gap``, ``posteval``, ``demo``, the Python API) goes through ``run_task``.
 
-A run folder holds
-- ``responses.jsonl``: one row per query, appended and flushed as each batch completes;
-- ``run.json``: the full configuration, package versions, git commit, seed, the model spec
-  (never a secret), what the model is (``model_info``) and the judge used;
-- ``metrics.json``: written once the responses are judged.
-
-Running the same command again resumes: finished rows are skipped, rows that failed are asked
-again, nothing is duplicated, also after the process was killed mid-write. Asking for a
-different configuration on an existing folder is refused, so results are never silently mixed.
+A run folder holds ``responses.jsonl`` (one row per query, appended and fsynced as answers arrive),
+``run.json`` (the typed record, ``record.RunRecord``) and ``metrics.json`` (once scored); see
+docs/evaluation-runs.md. Running the same command again resumes: finished rows are skipped, failed rows
+are asked again, nothing is duplicated, also after a kill mid-write. A different configuration, or a
+different model behind the same spec, is refused. Everything is validated before anything is written.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import platform
 import random
-import subprocess
+import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from unsafe_concepts import prompts as protocol_prompts
 from unsafe_concepts.errors import UserError
+from unsafe_concepts.io import (
+    append_jsonl,
+    explain_os_error,
+    folder_lock,
+    read_jsonl,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from unsafe_concepts.record import (
+    FORMAT_VERSION,
+    RunRecord,
+    describe_data,
+    environment,
+    identity_differences,
+    model_identity,
+    now,
+    redact_url,
+)
 
-RESPONSES, RUN_JSON, METRICS = "responses.jsonl", "run.json", "metrics.json"
+RESPONSES, RUN_JSON, METRICS, CORRUPT = "responses.jsonl", "run.json", "metrics.json", "responses.jsonl.corrupt"
+SCORINGS = ("generate", "logprob")
 
 # Settings that change what the rows mean. Batch size, concurrency, device and the judge do not:
-# they may differ between a run and its resumption. ``--limit`` may grow (the seeded selection of a
-# larger limit contains the smaller one), never shrink.
+# they may differ between a run and its resumption. ``--limit`` may grow (the selection of a larger
+# limit contains the smaller one), never shrink.
 IDENTITY_KEYS = ("model", "adapter", "task", "data", "safe_data", "context_file", "split", "prompts", "generation",
-                 "text_only")
+                 "text_only", "scoring", "pairing")
 
 
 @dataclass
 class RunConfig:
+    """Every setting of one run; the CLI flags of ``evaluate`` are checked against these defaults
+    (tests/test_evaluate.py), so each default has this one source."""
+
     model: str
     task: str
-    data: str
-    generation: dict
+    data: str | None = None
+    generation: dict = field(default_factory=lambda: {"max_new_tokens": 512, "temperature": 1.0, "top_p": 0.9,
+                                                      "do_sample": True, "seed": 0})
     adapter: str | None = None
     safe_data: str | None = None
     context_file: str | None = None
     split: str = "all"
     limit: int | None = None
     prompts: list[int] = field(default_factory=lambda: list(range(len(protocol_prompts.ALIGNMENT_PROMPTS))))
+    pairing: str = "reference"
     batch_size: int = 8
-    judge: str | None = None
+    judge: str | None = None  # None: the default judge; "none": do not score
+    llava_judge: str | None = None
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the variable's name; the key itself is never recorded
     dtype: str | None = None
     device: str | None = None
     concurrency: int = 8
     text_only: bool = False
+    scoring: str = "generate"
+    suite: str | None = None
 
     def identity(self) -> dict:
         d = asdict(self)
         return {k: d[k] for k in IDENTITY_KEYS}
 
+    def validate(self) -> None:
+        g = self.generation
+        if self.batch_size < 1:
+            raise UserError("--batch-size must be at least 1")
+        if self.concurrency < 1:
+            raise UserError("--concurrency must be at least 1")
+        if not isinstance(g.get("max_new_tokens"), int) or g["max_new_tokens"] < 1:
+            raise UserError(f"--max-new-tokens must be at least 1, got {g.get('max_new_tokens')!r}")
+        if g.get("temperature", 1.0) < 0:
+            raise UserError(f"--temperature must be >= 0, got {g['temperature']}")
+        if not 0 < g.get("top_p", 1.0) <= 1:
+            raise UserError(f"--top-p must be in (0, 1], got {g['top_p']}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError("--limit must be a positive number")
+        if self.scoring not in SCORINGS:
+            raise UserError(f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        from unsafe_concepts.tasks import PAIRINGS
 
-def redact_url(url: str | None) -> str | None:
-    """A URL fit for a record: no user:password, no query string (where keys tend to hide)."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-# --- the store -------------------------------------------------------------------------------
-
-
-class RunStore:
-    """The files of one run folder, with crash-safe appends."""
-
-    def __init__(self, out_dir: str | Path):
-        self.dir = Path(out_dir)
-        self.responses = self.dir / RESPONSES
-        self.run_json = self.dir / RUN_JSON
-        self.metrics = self.dir / METRICS
-
-    # run.json
-    def read_record(self) -> dict | None:
-        if not self.run_json.exists():
-            return None
-        try:
-            return json.loads(self.run_json.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{self.run_json} is not valid JSON ({e}); move the folder aside or fix the file") from None
-
-    def write_record(self, record: dict) -> None:
-        _atomic_write(self.run_json, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-
-    def open(self, config: RunConfig) -> dict:
-        """Create the folder, or check that an existing one was made with the same configuration."""
-        if self.dir.exists() and not self.dir.is_dir():
-            raise UserError(f"--out {self.dir} exists and is not a folder")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        record = self.read_record()
-        if record is None:
-            if self.responses.exists() and self.responses.stat().st_size:
-                raise UserError(f"{self.dir} has {RESPONSES} but no {RUN_JSON}: it is not a run folder of this tool; "
-                                "choose another --out")
-            record = {"config": _recorded(config), "created": _now(), "environment": environment()}
-        else:
-            defaults = {f.name: f.default for f in fields(RunConfig)}  # keys added since the run was made
-            old = {k: record.get("config", {}).get(k, defaults.get(k)) for k in IDENTITY_KEYS}
-            new = config.identity()
-            diff = {k: (old[k], new[k]) for k in IDENTITY_KEYS if _norm(old[k]) != _norm(new[k])}
-            old_limit = record["config"].get("limit")
-            if old_limit is None and config.limit is not None or (config.limit or 0) < (old_limit or 0):
-                diff["limit"] = (old_limit, config.limit)
-            if diff:
-                lines = "\n".join(f"  {k}: run has {a!r}, you asked {b!r}" for k, (a, b) in diff.items())
-                raise UserError(f"{self.dir} holds a run with a different configuration:\n{lines}\n"
-                                "Use another --out, or repeat the original settings to resume.")
-            # Settings that may change on resumption are updated; the rest stays as first recorded.
-            record["config"].update({k: v for k, v in _recorded(config).items() if k not in IDENTITY_KEYS})
-            record["resumed"] = _now()
-            record["environment"] = environment()
-        self.write_record(record)
-        return record
-
-    # responses.jsonl
-    def read_rows(self) -> list[dict]:
-        """Every complete row. A torn last line (killed mid-write) is dropped, and the file cut
-        back to its last complete line so that appends start clean."""
-        if not self.responses.exists():
-            return []
-        data = self.responses.read_bytes()
-        rows, good_end = [], 0
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-            good_end += len(line)
-        if good_end != len(data):
-            with open(self.responses, "r+b") as f:
-                f.truncate(good_end)
-        return rows
-
-    def append(self, rows: list[dict]) -> None:
-        with open(self.responses, "a", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def rewrite(self, rows: list[dict]) -> None:
-        _atomic_write(self.responses, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-    def finished_rows(self) -> list[dict]:
-        """Rows to keep on resumption: answered rows, last copy of each id. Failed rows are
-        dropped (and asked again); the file is compacted when anything was dropped."""
-        rows = self.read_rows()
-        by_id: dict[str, dict] = {}
-        for row in rows:
-            by_id[row["id"]] = row
-        kept = [r for r in by_id.values() if r.get("error") is None]
-        if len(kept) != len(rows):
-            self.rewrite(kept)
-        return kept
+        if self.pairing not in PAIRINGS:
+            raise UserError(f"--pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}")
+        protocol_prompts.check_prompt_indices(self.prompts)
 
 
 def _recorded(config: RunConfig) -> dict:
@@ -178,171 +113,540 @@ def _recorded(config: RunConfig) -> dict:
     return d
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# --- the store -------------------------------------------------------------------------------
+
+
+class RunStore:
+    """The files of one run folder: crash-safe appends, a corrupt line set aside, one row per id."""
+
+    def __init__(self, out_dir: str | Path):
+        self.dir = Path(out_dir)
+        self.responses = self.dir / RESPONSES
+        self.run_json = self.dir / RUN_JSON
+        self.metrics = self.dir / METRICS
+        self.corrupt = self.dir / CORRUPT
+        self.notes: list[str] = []
+
+    # run.json
+    def read_record(self) -> dict | None:
+        if not self.run_json.exists():
+            return None
+        try:
+            record = json.loads(self.run_json.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.run_json} is not valid JSON ({e}); move the folder aside or fix the file") from None
+        except OSError as e:
+            raise UserError(f"cannot read {self.run_json}: {e.strerror}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+            raise UserError(f"{self.run_json} has no 'config' object: not a run record of this tool; "
+                            "use another --out")
+        missing = [k for k in ("model", "task") if not record["config"].get(k)]
+        if missing:
+            raise UserError(f"{self.run_json}: config lacks {', '.join(missing)}; the record was edited or cut; "
+                            "restore it or use another --out")
+        return record
+
+    def write_record(self, record: dict) -> None:
+        try:
+            write_json_atomic(self.run_json, record)
+        except OSError as e:
+            raise explain_os_error(e, self.run_json) from None
+
+    def check_compatible(self, record: dict, config: RunConfig) -> None:
+        """Refuse to resume a folder made with a different configuration; name every difference."""
+        defaults = asdict(RunConfig(model="", task=""))  # keys added since the run was made
+        old_config = record["config"]
+        diff = {}
+        for k in IDENTITY_KEYS:
+            if k not in old_config and k in ("scoring", "pairing"):
+                continue  # folders written before these settings existed
+            old = old_config.get(k, defaults.get(k))
+            new = config.identity()[k]
+            if _norm(old) != _norm(new):
+                diff[k] = (old, new)
+        old_limit = old_config.get("limit")
+        if old_limit is None and config.limit is not None or (config.limit or 0) < (old_limit or 0):
+            diff["limit"] = (old_limit, config.limit)
+        if diff:
+            lines = "\n".join(f"  {k}: run has {a!r}, you asked {b!r}" for k, (a, b) in diff.items())
+            raise UserError(f"{self.dir} holds a run with a different configuration:\n{lines}\n"
+                            "Use another --out, or repeat the original settings to resume.")
+
+    # responses.jsonl
+    def read_rows(self) -> list[dict]:
+        """Every valid row, the last copy of each id. A torn last line (killed mid-write) is cut off; a
+        broken line elsewhere is moved to ``responses.jsonl.corrupt`` (and said), never lost with what follows."""
+        content = read_jsonl(self.responses, require_id=True)
+        if content.bad or content.torn_tail:
+            if content.bad:
+                try:
+                    with open(self.corrupt, "ab") as f:
+                        for _, line, _ in content.bad:
+                            f.write(line if line.endswith(b"\n") else line + b"\n")
+                except OSError as e:
+                    raise explain_os_error(e, self.corrupt) from None
+                where = ", ".join(f"line {n} ({why})" for n, _, why in content.bad[:5])
+                self._note(f"{self.responses}: {len(content.bad)} unreadable line(s) set aside in {self.corrupt.name}: "
+                           f"{where}; their queries are asked again")
+            self.rewrite(content.rows)
+        return _dedupe(content.rows)
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"note: {text}", file=sys.stderr)
+
+    def append(self, rows: list[dict]) -> None:
+        try:
+            append_jsonl(self.responses, rows)
+        except OSError as e:
+            raise explain_os_error(e, self.responses) from None
+
+    def rewrite(self, rows: list[dict]) -> None:
+        try:
+            write_jsonl_atomic(self.responses, rows)
+        except OSError as e:
+            raise explain_os_error(e, self.responses) from None
+
+    def finished_rows(self) -> list[dict]:
+        """Rows to keep on resumption: answered rows, last copy of each id. Failed rows are dropped (and
+        asked again); the file is compacted when anything was dropped."""
+        on_disk = read_jsonl(self.responses, require_id=True).rows
+        rows = self.read_rows()
+        kept = [r for r in rows if r.get("error") is None]
+        if len(kept) != len(on_disk):
+            self.rewrite(kept)
+        return kept
+
+
+def _dedupe(rows: list[dict]) -> list[dict]:
+    by_id: dict[str, dict] = {}
+    for row in rows:
+        by_id.pop(str(row["id"]), None)  # the last copy wins, in its position
+        by_id[str(row["id"])] = row
+    return list(by_id.values())
 
 
 def _norm(v):
     return json.loads(json.dumps(v))  # tuples vs lists, etc.
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def environment() -> dict:
-    """Versions and the code's commit, so a run folder describes how it was made."""
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for pkg in ("unsafe-concepts", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "httpx"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return {"versions": versions, "git_commit": git_commit(), "platform": platform.platform(),
-            "argv": [_redact_arg(a) for a in sys.argv]}
-
-
-def _redact_arg(arg: str) -> str:
-    return redact_url(arg) if "://" in arg else arg
-
-
-def git_commit() -> str | None:
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-# --- evaluation ------------------------------------------------------------------------------
+# --- selection ---------------------------------------------------------------------------------
 
 
 def select(samples: list, limit: int | None, seed: int) -> list:
-    """The first ``limit`` samples after a seeded shuffle (all of them, in order, without a limit)."""
+    """``limit`` samples spread over concepts: concepts in a seeded order, then one sample of each in turn
+    (its samples in a seeded order), so that small runs of different tasks on the same data ask the same
+    concepts (the visual and the text-only run of ``--limit 12`` share their 12 concepts). The selection
+    of a larger limit contains the smaller one. Returned in the task's order."""
     if limit is None or limit >= len(samples):
         return samples
     if limit <= 0:
         raise UserError("--limit must be a positive number")
-    order = list(range(len(samples)))
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(str(getattr(s, "concept", i)), []).append(i)
+    order = sorted(groups)
     random.Random(seed).shuffle(order)
-    return [samples[i] for i in sorted(order[:limit])]
+    rank: list[tuple[int, int, int]] = []
+    for position, key in enumerate(order):
+        members = groups[key][:]
+        random.Random(f"{seed}:{key}").shuffle(members)
+        rank += [(k, position, i) for k, i in enumerate(members)]
+    chosen = sorted(i for _, _, i in sorted(rank)[:limit])
+    return [samples[i] for i in chosen]
 
 
-def evaluate(config: RunConfig, out_dir: str | Path, *, backend=None, judge=None, quiet: bool = False) -> dict:
-    """Ask every sample of the task that the run folder does not have yet; judge; write metrics.
+# --- the runner ----------------------------------------------------------------------------------
 
-    ``backend``/``judge`` may be passed in (already loaded) to share them across runs."""
-    from tqdm import tqdm
 
-    from unsafe_concepts.models.base import GenerationConfig, Query
-    from unsafe_concepts.tasks import BLANK, TaskOptions, get_task
+@dataclass
+class RunResult:
+    """What ``run_task`` did: the folder, the record, the metrics (None when not scored)."""
 
+    out: Path
+    record: dict
+    metrics: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        s = self.record.get("status", {})
+        overall = (self.metrics or {}).get("overall") or {}
+        value = overall.get("value")
+        score = "not scored" if self.metrics is None else (
+            f"overall {value:.3f} [{_fmt(overall.get('ci_low'))}, {_fmt(overall.get('ci_high'))}], "
+            f"unclear {_fmt(self.metrics.get('unclear_rate'))}" if value is not None else "overall n/a")
+        return (f"RunResult({self.record['config']['task']} | {self.record['config']['model']} | "
+                f"{s.get('n_rows', 0)}/{s.get('n_samples', 0)} answered, {s.get('n_error', 0)} failed | {score} | "
+                f"{self.out})")
+
+
+def prepare(config: RunConfig):
+    """Everything that can be checked without a model: the settings, the task, its data and samples."""
+    from unsafe_concepts.tasks import TaskOptions, get_task
+
+    config.validate()
     task = get_task(config.task)
-    store = RunStore(out_dir)
-    record = store.open(config)
-    gen = GenerationConfig(**config.generation)
-
-    data = task.load_data(config.data, config.safe_data, config.context_file)
-    opts = TaskOptions(prompt_indices=tuple(config.prompts), split=config.split)
-    samples = select(task.build(data, opts), config.limit, gen.seed)
+    if config.scoring == "logprob" and task.options is None:
+        raise UserError(f"task {task.name} ({task.kind}) cannot be scored by log-probabilities; "
+                        "use --scoring generate")
+    data_spec = config.data or task.default_data
+    if data_spec is None:
+        raise UserError(f"task {task.name} needs --data (a folder, 'sample' for the offline synthetic sample, or 'hf')")
+    loaded = task.load_data(data_spec, config.safe_data, config.context_file)
+    opts = TaskOptions(prompt_indices=tuple(config.prompts), split=config.split, pairing=config.pairing)
+    samples = select(task.build(loaded, opts), config.limit, config.generation.get("seed", 0))
     if not samples:
-        raise UserError(f"task {task.name} has no items on --data {config.data} (split {config.split})")
+        raise UserError(f"task {task.name} has no items on --data {data_spec} (split {config.split})")
+    return task, loaded, samples
+
+
+def _check_writable(out: Path) -> None:
+    """A clear message for an --out that cannot be written, before anything is done."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {probe} is not writable (read-only?); choose another --out")
+
+
+def run_task(config: RunConfig, out_dir: str | Path, *, backend=None, scorer=None, quiet: bool = False,
+             summary: bool = False) -> RunResult:
+    """Ask every sample of the task that the run folder does not have yet, score, write metrics.
+
+    ``backend`` / ``scorer`` may be passed in (already loaded) to share them across runs. Nothing is
+    written before the settings, the data, the existing record and the model have been checked."""
+    task, loaded, samples = prepare(config)
+    out = Path(out_dir)
+    store = RunStore(out)
+    existing = store.read_record() if out.is_dir() else None
+    if existing is not None:
+        store.check_compatible(existing, config)
+    elif out.is_dir() and store.responses.exists() and store.responses.stat().st_size:
+        raise UserError(f"{out} has {RESPONSES} but no {RUN_JSON}: it is not a run folder of this tool; "
+                        "choose another --out")
+    _check_writable(out)
+
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise explain_os_error(e, out) from None
+    try:
+        with folder_lock(out):
+            return _run_locked(config, task, loaded, samples, store, backend, scorer, quiet, summary)
+    except BaseException:
+        if created and not any(p for p in out.iterdir() if not p.name.startswith(".lock")):
+            for p in out.iterdir():
+                p.unlink(missing_ok=True)
+            out.rmdir()  # a refused command leaves nothing behind
+        raise
+
+
+def _run_locked(config, task, loaded, samples, store: RunStore, backend, scorer, quiet, summary) -> RunResult:
+    from unsafe_concepts.models.base import GenerationConfig, Query
+    from unsafe_concepts.tasks import BLANK
+
+    existing = store.read_record()  # again, under the lock
+    if existing is not None:
+        store.check_compatible(existing, config)
+    gen = GenerationConfig(**config.generation)
     wanted = {s.id for s in samples}
     done = [r for r in store.finished_rows() if r["id"] in wanted]
     done_ids = {r["id"] for r in done}
     todo = [s for s in samples if s.id not in done_ids]
 
+    data = describe_data(config.data or task.default_data, loaded, len(samples))
+    record = RunRecord(task=task.describe(), data=data, model={"spec": config.model, "adapter": config.adapter},
+                       config=_recorded(config), environment=environment(), created=now(),
+                       scoring=config.scoring, suite=config.suite, synthetic=bool(data.get("synthetic"))).to_dict()
+    if existing is not None:
+        # settings that may change on resumption are updated; the rest stays as first recorded
+        record = {**existing, "format_version": FORMAT_VERSION, "task": task.describe(), "data": data,
+                  "scoring": config.scoring, "synthetic": bool(data.get("synthetic")),
+                  "environment": environment(), "resumed": now()}
+        record["config"] = {**existing["config"], **{k: v for k, v in _recorded(config).items()
+                                                     if k not in IDENTITY_KEYS and k != "limit"},
+                            "limit": config.limit}
+        record.setdefault("model", {"spec": config.model, "adapter": config.adapter})
+
     if todo:
         if backend is None:
-            from unsafe_concepts.models.registry import load_model
-
-            backend = load_model(config.model, adapter=config.adapter, base_url=config.base_url,
-                                 api_key_env=config.api_key_env, dtype=config.dtype, device=config.device,
-                                 concurrency=config.concurrency, text_only=config.text_only)
+            backend = load_backend(config)
+        elif not hasattr(backend, "generate"):  # a loader: the model is loaded only when something is asked
+            backend = backend()
         if task.modality == "image" and not backend.supports_images:
             raise UserError(f"model {config.model} is text only; task {task.name} shows images. "
                             "Use a VLM (e.g. tiny-vlm, hf:<VLM>) or a text task (alignment_text_only, ...)")
-        record["model_info"] = backend.describe()
-        store.write_record(record)
-        blank = None
-        if any(s.image == BLANK for s in todo) and backend.supports_images:
-            from unsafe_concepts.data import blank_image
+        if config.scoring == "logprob" and not getattr(backend, "supports_logprobs", False):
+            from unsafe_concepts.models.base import unsupported_logprobs
 
-            blank = blank_image()
-        bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{task.name}", unit="q",
-                   disable=quiet, dynamic_ncols=True)
-        # A server backend keeps `concurrency` requests in flight only if it is handed that many at once.
-        step = max(config.batch_size, getattr(backend, "concurrency", 1))
-        for start in range(0, len(todo), step):
-            batch = todo[start:start + step]
-            queries = [Query(id=s.id, prompt=s.prompt, image=blank if s.image == BLANK else s.image) for s in batch]
-            generations = backend.generate(queries, gen)
-            rows = []
-            for s, g in zip(batch, generations):
-                row = {"task": task.name, **s.row(), "response": g.text, "error": g.error,
-                       "latency_s": round(g.latency_s, 4), "n_tokens": g.n_tokens}
-                rows.append(row)
-            store.append(rows)
-            bar.update(len(batch))
-        bar.close()
+            raise unsupported_logprobs(f"model {config.model}")
+        identity = model_identity(backend.describe())
+        old_identity = (existing or {}).get("model", {}).get("identity") or (existing or {}).get("model_info")
+        if old_identity:
+            diff = identity_differences(old_identity, identity)
+            if diff:
+                lines = "\n".join(f"  {k}: run has {a!r}, now {b!r}" for k, (a, b) in diff.items())
+                raise UserError(f"{store.dir}: the model behind {config.model!r} is not the one this run was made "
+                                f"with:\n{lines}\nUse another --out.")
+        record["model"] = {"spec": config.model, "adapter": config.adapter, "identity": identity}
+        record["model_info"] = identity
+    store.write_record(record)  # the first write of a new run: everything above has been checked
+
+    if todo:
+        _ask(config, task, todo, samples, store, backend, gen, quiet, BLANK, Query)
 
     rows = [r for r in store.read_rows() if r["id"] in wanted]
-    n_error = sum(r.get("error") is not None for r in rows)
-    record["status"] = {"n_samples": len(samples), "n_rows": len(rows), "n_error": n_error, "updated": _now()}
+    errors = Counter(r["error"] for r in rows if r.get("error") is not None)
+    record["status"] = {"n_samples": len(samples), "n_rows": len(rows), "n_error": sum(errors.values()),
+                        "errors": dict(errors.most_common(10)), "updated": now()}
     store.write_record(record)
-    if config.judge:
-        judge_run(out_dir, config.judge, judge=judge, quiet=quiet)
-    return record
+    result = RunResult(store.dir, record, notes=store.notes)
+    answered = [r for r in rows if r.get("error") is None]
+    if rows and not answered:
+        raise UserError(f"every query failed ({len(rows)}): " + _explain_errors(errors) +
+                        f"\nNothing was lost; fix the cause and run the same command again ({store.dir}).")
+    if config.scoring == "logprob" or (config.judge or "").lower() != "none":
+        result.metrics = score_run(store.dir, scorer=scorer, config=config, quiet=quiet)
+        result.record = store.read_record()
+    if summary and not quiet:
+        print_summary(result)
+    return result
 
 
-def judge_run(out_dir: str | Path, judge_name: str, *, judge=None, quiet: bool = False) -> dict:
-    """Add verdicts to a run's rows (only rows not yet judged by this judge) and write metrics.json."""
+def load_backend(config: RunConfig):
+    from unsafe_concepts.models.registry import load_model
+
+    quiet_loading()
+    return load_model(config.model, adapter=config.adapter, base_url=config.base_url, api_key_env=config.api_key_env,
+                      dtype=config.dtype, device=config.device, concurrency=config.concurrency,
+                      text_only=config.text_only)
+
+
+def quiet_loading() -> None:
+    """One progress bar per run: silence the loading bars of transformers and huggingface_hub."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
+
+
+def _ask(config, task, todo, samples, store, backend, gen, quiet, BLANK, Query) -> None:
+    from tqdm.auto import tqdm
+
+    from unsafe_concepts.scorers import verdict_from_probs
+
+    blank = None
+    if any(s.image == BLANK for s in todo) and backend.supports_images:
+        from unsafe_concepts.data import blank_image
+
+        blank = blank_image()
+    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=task.name, unit="q", disable=quiet,
+               dynamic_ncols=True, file=sys.stderr)
+    correct = decided = 0
+    # A server backend keeps `concurrency` requests in flight only if it is handed that many at once.
+    step = max(config.batch_size, getattr(backend, "concurrency", 1))
+    try:
+        for start in range(0, len(todo), step):
+            batch = todo[start:start + step]
+            queries, failed = [], {}
+            for s in batch:
+                image = blank if s.image == BLANK else s.image
+                if callable(image):
+                    try:
+                        image = image()
+                    except (UserError, OSError, ValueError) as e:  # a bad image fails its own row
+                        failed[s.id] = f"image: {e}"
+                        image = None
+                queries.append(Query(id=s.id, prompt=s.prompt, image=image))
+            rows = []
+            if config.scoring == "logprob":
+                results = backend.option_probs(queries, task.options)
+                for s, q, res in zip(batch, queries, results):
+                    verdict, confidence, reason = verdict_from_probs(task.kind, res.probs)
+                    error = failed.get(s.id) or res.error
+                    rows.append({"task": task.name, **s.row(), "response": None, "error": error,
+                                 "latency_s": round(res.latency_s, 4), "n_tokens": 0, "scoring": "logprob",
+                                 "option_probs": res.probs, "option_mass": res.mass,
+                                 "verdict": None if error else verdict, "verdict_confidence": confidence,
+                                 "verdict_reason": reason, "judge": "logprob"})
+            else:
+                generations = backend.generate(queries, gen)
+                for s, g in zip(batch, generations):
+                    error = failed.get(s.id) or g.error
+                    rows.append({"task": task.name, **s.row(), "response": None if error else g.text, "error": error,
+                                 "latency_s": round(g.latency_s, 4), "n_tokens": g.n_tokens})
+            store.append(rows)
+            if config.scoring == "logprob":
+                from unsafe_concepts.metrics import outcome
+
+                for r in rows:
+                    if r["error"] is None and r["verdict"] not in ("unclear", None):
+                        try:
+                            o = outcome(r, task.name, kind=task.metrics)
+                        except (UserError, TypeError):
+                            continue
+                        decided += o in ("correct", "wrong")
+                        correct += o == "correct"
+                if decided:
+                    bar.set_postfix_str(f"acc {correct / decided:.3f}")
+            bar.update(len(batch))
+    finally:
+        bar.close()
+
+
+def _explain_errors(errors: Counter) -> str:
+    lines = []
+    for message, count in errors.most_common(5):
+        hint = ""
+        if re.search(r"\b401\b|unauthori[sz]ed|invalid api key", message, re.I):
+            hint = "  <- a bad API key: check the variable named by --api-key-env"
+        elif re.search(r"\b404\b", message):
+            hint = "  <- the server does not know this model or URL: check --model and --base-url"
+        elif re.search(r"connect|refused|timed? ?out", message, re.I):
+            hint = "  <- the server could not be reached: check --base-url and that it is running"
+        lines.append(f"\n  {count} x {message[:300]}{hint}")
+    return "".join(lines)
+
+
+def score_run(out_dir: str | Path, *, scorer=None, config: RunConfig | None = None, judge: str | None = None,
+              quiet: bool = False) -> dict:
+    """Score the rows not yet scored by this scorer and write metrics.json (the task decides the metrics)."""
     from unsafe_concepts import metrics
-    from unsafe_concepts.judges import load_judge
-    from unsafe_concepts.judges.base import JudgeItem
+    from unsafe_concepts.scorers import LOGPROB, scorer_for
     from unsafe_concepts.tasks import get_task
 
     store = RunStore(out_dir)
     record = store.read_record()
     if record is None:
         raise UserError(f"{out_dir} is not a run folder (no {RUN_JSON})")
+    cfg = record["config"]
+    task = get_task(cfg["task"])
     rows = store.read_rows()
     if not rows:
-        raise UserError(f"{out_dir} has no responses to judge yet")
-    pending = [r for r in rows if r.get("error") is None and r.get("judge") != judge_name]
-    if pending:
-        judge = judge or load_judge(judge_name)
-        verdicts = judge.judge([JudgeItem(task=r["task"], prompt=r["prompt"], response=r["response"] or "")
-                                for r in pending])
-        for r, v in zip(pending, verdicts):
-            r["verdict"], r["confidence"], r["judge"] = v.label, v.confidence, judge_name
-        record["judge"] = {"name": judge_name, **(judge.describe() if hasattr(judge, "describe") else {})}
+        raise UserError(f"{out_dir} has no responses to score yet")
+    if cfg.get("scoring") == "logprob":
+        about = LOGPROB
+    else:
+        if scorer is None:
+            judge_name = judge or (config.judge if config else None) or cfg.get("judge")
+            if (judge_name or "").lower() == "none":
+                judge_name = None
+            scorer = scorer_for(task, judge=judge_name, llava_judge=(config.llava_judge if config else None)
+                                or cfg.get("llava_judge"), api_key_env=cfg.get("api_key_env", "OPENAI_API_KEY"))
+        about = scorer.describe()
+        label = scorer.judge_name if hasattr(scorer, "judge_name") else scorer.name
+        pending = [r for r in rows if r.get("error") is None and r.get("judge") != label]
+        if pending:
+            scorer.score(pending)
+        record["judge"] = {"name": label, **{k: v for k, v in about.items() if k != "name"}}
+        record["config"]["judge"] = label
     for r in rows:
         if r.get("error") is not None:
             r["verdict"], r["judge"] = None, None
     store.rewrite(rows)
-    task_name = record["config"]["task"]
-    task = get_task(task_name)
-    summary = metrics.summarize(rows, task_name, after_training=task.after_training)
-    summary = {"task": task_name, "model": record["config"]["model"], "adapter": record["config"].get("adapter"),
-               "judge": judge_name, "untrained_vision": bool(record.get("model_info", {}).get("untrained_vision")),
+    summary = metrics.summarize_run(rows, task.name, kind=task.metrics, after_training=task.after_training)
+    model_identity_ = (record.get("model") or {}).get("identity") or record.get("model_info") or {}
+    summary = {"format_version": FORMAT_VERSION, "task": task.name, "task_version": task.version,
+               "task_kind": task.kind, "metrics_kind": task.metrics, "modality": task.modality,
+               "model": cfg["model"], "adapter": cfg.get("adapter"), "judge": record.get("judge", {}).get("name")
+               if cfg.get("scoring") != "logprob" else "logprob", "scorer": about,
+               "scoring": cfg.get("scoring", "generate"), "synthetic": bool(record.get("synthetic")),
+               "untrained_vision": bool(model_identity_.get("untrained_vision")),
                **{k: v for k, v in summary.items() if k != "task"}}
-    _atomic_write(store.metrics, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    record["config"]["judge"] = judge_name
+    record["scorer"] = about
+    try:
+        write_json_atomic(store.metrics, summary)
+    except OSError as e:
+        raise explain_os_error(e, store.metrics) from None
     store.write_record(record)
     return summary
+
+
+def print_summary(result: RunResult, next_command: str | None = None) -> None:
+    """The end-of-run table (the report's terminal summary), or one plain line where it cannot print."""
+    if result.metrics is None:
+        print(f"{result.record['status'].get('n_rows')} answers in {result.out / RESPONSES} (not scored)")
+        return
+    try:
+        from unsafe_concepts.report.terminal import print_run_summary
+    except ImportError:
+        print(repr(result))
+        return
+    print_run_summary(result.metrics, task=result.metrics["task"], out_dir=result.out, next_command=next_command)
+
+
+# --- sweeps ------------------------------------------------------------------------------------
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def run_folder_name(model: str, task: str, adapter: str | None = None) -> str:
+    name = slug(model.split("/")[-1] if model.startswith("hf:/") else model)
+    if adapter:
+        name += "+" + slug(Path(adapter).name)
+    return f"{name}__{task}"
+
+
+@dataclass
+class SweepResult:
+    results: list[RunResult]
+    failures: list[tuple[str, str, str]]  # (model, task, message)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def __repr__(self) -> str:
+        return f"SweepResult({len(self.results)} runs done, {len(self.failures)} failed)"
+
+
+def sweep(models: list[str], tasks: list[str], out: str | Path, base: RunConfig, *, quiet: bool = False,
+          summary: bool = True, backends: dict | None = None, flat: bool | None = None) -> SweepResult:
+    """Every (model, task) pair into its own resumable run folder ``<out>/<model>__<task>`` (``<out>`` itself
+    for a single pair unless ``flat`` is False). A failing pair is reported and the others still run."""
+    from dataclasses import replace
+
+    out = Path(out)
+    single = len(models) == 1 and len(tasks) == 1 and flat is not False
+    results, failures = [], []
+    backends = backends if backends is not None else {}
+    for model in models:
+        for task in tasks:
+            config = replace(base, model=model, task=task)
+            folder = out if single else out / run_folder_name(model, task, config.adapter)
+            def lazy(config=config, model=model):  # one model load per model, and only if it is asked anything
+                if model not in backends:
+                    backends[model] = load_backend(config)
+                return backends[model]
+
+            try:
+                result = run_task(config, folder, backend=backends.get(model) or lazy, quiet=quiet, summary=summary)
+                results.append(result)
+            except UserError as e:
+                if single:
+                    raise
+                failures.append((model, task, str(e)))
+                print(f"error: {model} / {task}: {e}", file=sys.stderr)
+                continue
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one pair's crash must not stop the others
+                if single:
+                    raise
+                failures.append((model, task, f"{type(e).__name__}: {e}"))
+                print(f"error: {model} / {task}: {type(e).__name__}: {e}", file=sys.stderr)
+                continue
+    return SweepResult(results, failures)
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -358,36 +662,151 @@ def parse_prompts(text: str | None) -> list[int]:
     return list(protocol_prompts.check_prompt_indices(indices))
 
 
-def config_from_args(args) -> RunConfig:
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
+def config_from_args(args, *, task: str | None = None, model: str | None = None) -> RunConfig:
     generation = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
                   "do_sample": not args.greedy, "seed": args.seed}
-    config = RunConfig(model=args.model, task=args.task, data=args.data, generation=generation, adapter=args.adapter,
-                       safe_data=args.safe_data, context_file=args.context_file, split=args.split, limit=args.limit,
-                       prompts=parse_prompts(args.prompts), batch_size=args.batch_size, judge=args.judge,
-                       base_url=args.base_url, api_key_env=args.api_key_env, dtype=args.dtype, device=args.device,
-                       concurrency=args.concurrency, text_only=args.text_only)
-    return config
+    models = args.model if isinstance(args.model, list) else [args.model]
+    return RunConfig(model=model or models[0], task=task or args.task, data=args.data, generation=generation,
+                     adapter=args.adapter, safe_data=getattr(args, "safe_data", None),
+                     context_file=getattr(args, "context_file", None), split=getattr(args, "split", "all"),
+                     limit=args.limit, prompts=parse_prompts(getattr(args, "prompts", None)),
+                     pairing=getattr(args, "pairing", None) or "reference", batch_size=args.batch_size,
+                     judge=args.judge, llava_judge=getattr(args, "llava_judge", None), base_url=args.base_url,
+                     api_key_env=args.api_key_env, dtype=args.dtype, device=args.device,
+                     concurrency=args.concurrency, text_only=args.text_only,
+                     scoring=getattr(args, "scoring", None) or "generate")
+
+
+def apply_config_file(args, parser_defaults: dict) -> None:
+    """``--config FILE`` (JSON or YAML): its keys (flag names with _ or -) fill every flag not given."""
+    path = getattr(args, "config", None)
+    if not path:
+        return
+    text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
+    if text is None:
+        raise UserError(f"--config {path}: no such file")
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            import yaml
+
+            values = yaml.safe_load(text)
+        except Exception as e:  # yaml missing or bad YAML
+            raise UserError(f"--config {path}: neither JSON nor YAML ({e})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path}: expected a mapping of flag names to values")
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in parser_defaults:
+            raise UserError(f"--config {path}: unknown setting {key!r}")
+        if getattr(args, name) == parser_defaults[name]:
+            if name in ("model",) and isinstance(value, str):
+                value = [value]
+            setattr(args, name, value)
 
 
 def cli_evaluate(args) -> int:
+    from unsafe_concepts.tasks import parse_task_list
+
+    if getattr(args, "_defaults", None) is not None:
+        apply_config_file(args, args._defaults)
+    models = args.model if isinstance(args.model, list) else [args.model]
+    missing = [flag for flag, value in (("--model", models and models[0]), ("--task", args.task), ("--out", args.out))
+               if not value]
+    if missing:
+        raise UserError(f"evaluate needs {', '.join(missing)} (on the command line or in --config)")
+    tasks = [t.name for t in parse_task_list(args.task)]  # a typo fails before any model loads
+    _announce_data(args.data, tasks)
+    base = config_from_args(args, model=models[0], task=tasks[0])
+    base.validate()
+    t0 = time.time()
+    result = sweep(models, tasks, args.out, base)
+    if len(models) * len(tasks) > 1:
+        print(f"{len(result.results)} of {len(models) * len(tasks)} runs done in {time.time() - t0:.0f}s under "
+              f"{args.out}" + (f"; {len(result.failures)} failed (above)" if result.failures else ""))
+        print(f"next: unsafe-concepts report {args.out}/* --out {args.out}/report")
+    return 0 if result.ok else 1
+
+
+GAP_TASKS = ("perception", "alignment", "alignment_text_only")
+
+
+def cli_gap(args) -> int:
+    """``unsafe-concepts gap``: the three runs of the modality gap for one model, the gap table, the report."""
+    _announce_data(args.data, list(GAP_TASKS))
+    base = config_from_args(args, model=args.model, task=GAP_TASKS[0])
+    base.suite = "gap"
+    base.validate()
+    out = Path(args.out)
+    backends: dict = {}
+    for name in GAP_TASKS:
+        prepare(replace_config(base, task=name))  # every refusal before the model loads
+    backends[args.model] = load_backend(base)
+    tasks = [t for t in GAP_TASKS if t != "perception" or backends[args.model].supports_images]
+    result = sweep([args.model], tasks, out, base, summary=False, backends=backends, flat=False)
+    by_task = {r.record["config"]["task"]: r for r in result.results}
+    if "alignment" not in by_task or "alignment_text_only" not in by_task:
+        missing = [t for t in ("alignment", "alignment_text_only") if t not in by_task]
+        raise UserError(f"no gap: the {' and '.join(missing)} run failed (see above)")
+    print_gap(by_task["alignment"].out, by_task["alignment_text_only"].out, by_task.get("perception"))
+    report_dir = out / "report"
+    try:
+        from unsafe_concepts.report import build_report
+
+        build_report([r.out for r in result.results], report_dir)
+        print(f"report: {report_dir / 'report.html'}")
+    except UserError as e:
+        print(f"note: the report could not be built: {e}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def replace_config(config: RunConfig, **changes) -> RunConfig:
+    from dataclasses import replace
+
+    return replace(config, **changes)
+
+
+def print_gap(visual_dir: Path, textual_dir: Path, perception: RunResult | None = None) -> dict:
+    """The gap table in the terminal: per category visual, text-only, gap (with its interval) and n."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from unsafe_concepts import metrics
+
+    visual, textual = RunStore(visual_dir).read_rows(), RunStore(textual_dir).read_rows()
+    gap = metrics.modality_gap(visual, textual, visual_kind="alignment", textual_kind="alignment")
+    table = Table(title=Text("modality gap (text-only minus visual alignment accuracy)"), title_justify="left",
+                  show_edge=False)
+    for name in ("category", "visual", "text-only", "gap", "95% interval", "n visual", "n text"):
+        table.add_column(name, justify="left" if name == "category" else "right")
+    rows = [(c, e) for c, e in gap["per_category"].items() if e["visual"]["n"] and e["textual"]["n"]]
+    for label, entry in rows + [("Overall", gap["overall"])]:
+        v, t = entry["visual"], entry["textual"]
+        interval = (f"[{_fmt(entry['ci_low'])}, {_fmt(entry['ci_high'])}]" if entry.get("ci_low") is not None else "")
+        table.add_row(Text(str(label), style="bold" if label == "Overall" else ""), _fmt(v["value"]),
+                      _fmt(t["value"]), _fmt(entry["value"]), interval, str(v["n"]), str(t["n"]))
+    console = Console(highlight=False)
+    console.print(table)
+    only = [c for c, e in gap["per_category"].items() if not (e["visual"]["n"] and e["textual"]["n"])]
+    if only:
+        console.print(Text(f"asked in one modality only (no gap): {', '.join(only)}", style="dim"))
+    if perception is not None and perception.metrics:
+        console.print(Text(f"perception accuracy: {_fmt(perception.metrics['overall']['value'])} "
+                           f"(n {perception.metrics['n']})"))
+    return gap
+
+
+def _announce_data(data: str | None, tasks: list[str]) -> None:
     from unsafe_concepts.tasks import get_task
 
-    get_task(args.task)  # fail fast on a typo, before any model loads
-    config = config_from_args(args)
-    t0 = time.time()
-    record = evaluate(config, args.out)
-    status = record.get("status", {})
-    print(f"{status.get('n_rows', 0)}/{status.get('n_samples', 0)} responses in {args.out}/{RESPONSES} "
-          f"({status.get('n_error', 0)} errors; run the same command again to retry them) in {time.time() - t0:.1f}s")
-    if args.judge:
-        summary = json.loads((Path(args.out) / METRICS).read_text())
-        overall = summary.get("overall") or {}
-        print(f"judged with {args.judge}: overall {_fmt(overall.get('value'))} "
-              f"[{_fmt(overall.get('ci_low'))}, {_fmt(overall.get('ci_high'))}], "
-              f"unclear {summary.get('n_unclear')}/{summary.get('n')} -> {args.out}/{METRICS}")
-    return 0
+    if data is None and any(get_task(t).default_data is None for t in tasks):
+        raise UserError("--data is required: a folder in the benchmark layout, 'hf' (the gated hub dataset), "
+                        "or 'sample' (the offline SYNTHETIC sample: placeholder images, for trying the tool)")
+    if data == "sample":
+        print("note: --data sample is the offline SYNTHETIC sample (placeholder images): results show the tool "
+              "working and say nothing about a model; run.json records synthetic: true", file=sys.stderr)
 
 
 def _fmt(x) -> str:
