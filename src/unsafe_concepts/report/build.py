@@ -311,8 +311,9 @@ def collect(run_dirs) -> tuple[list[RunData], list[str]]:
     return runs, problems
 
 
-def build_report(run_dirs, out) -> Report:
-    """Write tables (Markdown, CSV, LaTeX), plots (PNG, SVG, PDF), report.md, report.json and report.html.
+def build_report(run_dirs, out, *, plot_formats: tuple[str, ...] = plots.FORMATS) -> Report:
+    """Write tables (Markdown, CSV, LaTeX), plots (``plot_formats``: PNG, SVG, PDF), report.md, report.json
+    and report.html.
 
     Run folders that cannot be used are listed in ``Report.problems`` (and on the page); the report
     is built from the others. A UserError only when none can be used."""
@@ -338,7 +339,7 @@ def build_report(run_dirs, out) -> Report:
         (out / f"{table.key}.md").write_text(to_markdown(table), encoding="utf-8")
         (out / f"{table.key}.csv").write_text(to_csv(table), encoding="utf-8")
         (out / f"{table.key}.tex").write_text(to_latex(table), encoding="utf-8")
-    report.plots = _write_plots(report)
+    report.plots = _write_plots(report, plot_formats)
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
     (out / "report.json").write_text(json.dumps(report_json(report), indent=1, ensure_ascii=False, allow_nan=False)
                                      + "\n", encoding="utf-8")
@@ -348,7 +349,7 @@ def build_report(run_dirs, out) -> Report:
     return report
 
 
-def _write_plots(report: Report) -> list[Plot]:
+def _write_plots(report: Report, formats: tuple[str, ...]) -> list[Plot]:
     specs = (
         ("modality_gap", "gap", "Modality gap per category",
          "Textual minus visual alignment accuracy per category and overall, one bar per model; whiskers: 95% "
@@ -370,7 +371,7 @@ def _write_plots(report: Report) -> list[Plot]:
     written = []
     for key, section, title, caption, fn, args in specs:
         try:
-            path = plots.draw(fn, *args, report.out / key)
+            path = plots.draw(fn, *args, stem=report.out / key, formats=formats)
         except Exception as e:  # noqa: BLE001 - a figure that cannot be drawn must not cost the report
             report.notes.append(f"figure {key} could not be drawn ({type(e).__name__}: {e}); the tables have "
                                 "its numbers")

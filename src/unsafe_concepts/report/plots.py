@@ -1,7 +1,7 @@
 """The report's figures: PNG (inlined in the page), SVG and PDF (for a paper), matplotlib's Agg renderer.
 
-Each function takes the per-system results and a path stem, and returns the written PNG path, or None
-when no run has what the figure needs. Error bars are the 95% intervals of metrics.py. Model specs and
+Each figure function takes the per-system results and returns a Figure, or None when no run has what
+the figure needs; ``draw`` saves it. Error bars are the 95% intervals of metrics.py. Model specs and
 concept names are drawn as plain text: mathtext is off (``draw`` sets ``text.parse_math``), so a model
 called ``$x$`` (or ``$\\frac{``) neither renders as math nor breaks the figure.
 
@@ -9,6 +9,8 @@ A value of 0 is drawn as a visible stub with "0" above it; a missing value as "n
 from __future__ import annotations
 
 from pathlib import Path
+
+import re
 
 import matplotlib
 import numpy as np
@@ -25,10 +27,22 @@ SERIES_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02
 ZERO_STUB = 0.012  # height of the stub that shows a value of exactly 0 (axis units of accuracy)
 
 
-def draw(fn, *args) -> Path | None:
-    """Run one figure function with mathtext off (run text is never parsed as TeX)."""
+def draw(fn, *args, stem: Path, formats: tuple[str, ...] = FORMATS) -> Path | None:
+    """Make one figure with mathtext off (run text is never parsed as TeX) and save it as ``stem``.png
+    (always: the page inlines it) and in the other ``formats``; None when the runs do not allow it."""
     with matplotlib.rc_context({"text.parse_math": False, "svg.fonttype": "path"}):
-        return fn(*args)
+        fig = fn(*args)
+        if fig is None:
+            return None
+        FigureCanvasAgg(fig)
+        for fmt in dict.fromkeys(("png", *formats)):
+            fig.savefig(stem.with_suffix(f".{fmt}"), dpi=DPI, format=fmt, metadata=_metadata(fmt))
+    return stem.with_suffix(".png")
+
+
+def _clean(text) -> str:
+    """Run text as a label: control characters (tabs, newlines) drawn as spaces."""
+    return re.sub(r"[\x00-\x1f\x7f]", " ", str(text))
 
 
 def _values(stats: list[dict | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -38,13 +52,6 @@ def _values(stats: list[dict | None]) -> tuple[np.ndarray, np.ndarray]:
     high = np.array([np.nan if not s or s.get("ci_high") is None else s["ci_high"] for s in stats], dtype=float)
     err = np.vstack([np.nan_to_num(v - low, nan=0.0), np.nan_to_num(high - v, nan=0.0)])
     return v, np.clip(err, 0, None)
-
-
-def _save(fig: Figure, stem: Path) -> Path:
-    FigureCanvasAgg(fig)
-    for fmt in FORMATS:
-        fig.savefig(stem.with_suffix(f".{fmt}"), dpi=DPI, format=fmt, metadata=_metadata(fmt))
-    return stem.with_suffix(".png")
 
 
 def _metadata(fmt: str) -> dict:
@@ -75,19 +82,20 @@ def _grouped_bars(ax, labels: list[str], series: list[tuple[str, str, list[dict 
         xs = x + (i - (len(series) - 1) / 2) * width
         heights = np.where(v == 0, ZERO_STUB, np.nan_to_num(v, nan=0.0))  # a 0 must not look like n/a
         alphas = [0.45 if s and thin(s) else 1.0 for s in stats]
-        bars = ax.bar(xs, heights, width, yerr=err, color=color, label=name, capsize=2, error_kw={"elinewidth": 0.8})
+        bars = ax.bar(xs, heights, width, yerr=err, color=color, label=_clean(name), capsize=2,
+                      error_kw={"elinewidth": 0.8})
         for bar, alpha in zip(bars, alphas):
             bar.set_alpha(alpha)
         _mark_missing_and_zero(ax, xs, v, stats)
     ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels([_clean(label) for label in labels], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))  # outside: bars reach 1.0
 
 
-def gap_overview(gaps: dict[str, dict], stem: Path) -> Path | None:
+def gap_overview(gaps: dict[str, dict]) -> Figure | None:
     """The headline: the modality gap (textual - visual) per category and overall, one bar per model."""
     chosen = [(s, g["general"]) for s, g in gaps.items() if "general" in g]
     if not chosen:
@@ -103,7 +111,7 @@ def gap_overview(gaps: dict[str, dict], stem: Path) -> Path | None:
         xs = x + (i - (len(chosen) - 1) / 2) * width
         color = SERIES_COLORS[i % len(SERIES_COLORS)]
         heights = np.where(v == 0, ZERO_STUB, np.nan_to_num(v, nan=0.0))
-        bars = ax.bar(xs, heights, width, yerr=err, color=color, label=system, capsize=2,
+        bars = ax.bar(xs, heights, width, yerr=err, color=color, label=_clean(system), capsize=2,
                       error_kw={"elinewidth": 0.8})
         for bar, s in zip(bars, stats):
             if s and thin(s):
@@ -111,16 +119,16 @@ def gap_overview(gaps: dict[str, dict], stem: Path) -> Path | None:
         _mark_missing_and_zero(ax, xs, v, stats)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x)
-    ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels([_clean(c) for c in cats], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(-1.05, 1.05)
     ax.set_ylabel("gap = textual - visual accuracy", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
     fig.suptitle("Modality gap per category (textual - visual; 95% intervals; pale: few answers)", fontsize=9)
-    return _save(fig, stem)
+    return fig
 
 
-def visual_vs_textual(systems: dict[str, dict], stem: Path) -> Path | None:
+def visual_vs_textual(systems: dict[str, dict]) -> Figure | None:
     """Per category, alignment accuracy with the concept shown (visual) vs named (textual), per model."""
     chosen = [(s, t) for s, t in systems.items() if "alignment" in t or "alignment_text_only" in t]
     if not chosen:
@@ -137,12 +145,12 @@ def visual_vs_textual(systems: dict[str, dict], stem: Path) -> Path | None:
                 series.append((name, color, [(run.summary.get("per_category") or {}).get(c) for c in cats]
                                + [run.summary.get("overall")]))
         _grouped_bars(ax, cats + ["Overall"], series, "alignment accuracy")
-        ax.set_title(system, fontsize=9)
+        ax.set_title(_clean(system), fontsize=9)
     fig.suptitle("Alignment accuracy per category: visual vs textual (95% intervals)", fontsize=10)
-    return _save(fig, stem)
+    return fig
 
 
-def gap_per_concept(gaps: dict[str, dict], stem: Path) -> Path | None:
+def gap_per_concept(gaps: dict[str, dict]) -> Figure | None:
     """The modality gap (textual - visual) of every concept, sorted, one panel per model."""
     chosen = [(s, g["general"]) for s, g in gaps.items() if "general" in g]
     if not chosen:
@@ -156,7 +164,7 @@ def gap_per_concept(gaps: dict[str, dict], stem: Path) -> Path | None:
         if not items:
             ax.text(0.5, 0.5, "no concept scored in both modalities", ha="center", va="center", fontsize=8)
             ax.set_axis_off()
-            ax.set_title(system, fontsize=9)
+            ax.set_title(_clean(system), fontsize=9)
             continue
         v, err = _values([e for _, e in items])
         y = np.arange(len(items))
@@ -168,17 +176,17 @@ def gap_per_concept(gaps: dict[str, dict], stem: Path) -> Path | None:
                 bar.set_alpha(0.45)
         _mark_missing_and_zero(ax, y, v, [e for _, e in items], horizontal=True)
         ax.set_yticks(y)
-        ax.set_yticklabels([c for c, _ in items], fontsize=6.5)
+        ax.set_yticklabels([_clean(c) for c, _ in items], fontsize=6.5)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_xlim(-1.05, 1.05)
         ax.set_xlabel("gap = textual - visual accuracy", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-        ax.set_title(system, fontsize=9)
+        ax.set_title(_clean(system), fontsize=9)
     fig.suptitle("Modality gap per concept, sorted (95% intervals; pale: few answers)", fontsize=10)
-    return _save(fig, stem)
+    return fig
 
 
-def perception_vs_alignment(systems: dict[str, dict], stem: Path) -> Path | None:
+def perception_vs_alignment(systems: dict[str, dict]) -> Figure | None:
     """Per category: does the model recognise the concept (perception) and call it unsafe (alignment)?"""
     chosen = [(s, t) for s, t in systems.items() if "perception" in t and "alignment" in t]
     if not chosen:
@@ -195,12 +203,12 @@ def perception_vs_alignment(systems: dict[str, dict], stem: Path) -> Path | None
              + [vis.get("overall")]),
         ]
         _grouped_bars(ax, cats + ["Overall"], series, "accuracy")
-        ax.set_title(system, fontsize=9)
+        ax.set_title(_clean(system), fontsize=9)
     fig.suptitle("Recognised (perception) vs called unsafe (visual alignment), per category", fontsize=10)
-    return _save(fig, stem)
+    return fig
 
 
-def post_training(rows: list[tuple[str, dict[str, dict | None]]], columns: list[str], stem: Path) -> Path | None:
+def post_training(rows: list[tuple[str, dict[str, dict | None]]], columns: list[str]) -> Figure | None:
     """The post-training comparison: one group of bars per figure (UnsafeConcepts_TEST, MME, ...), one bar
     per model. ``rows``: (model label, {column: statistic or None})."""
     if not rows:
@@ -214,4 +222,4 @@ def post_training(rows: list[tuple[str, dict[str, dict | None]]], columns: list[
               for i, (label, stats) in enumerate(rows)]
     _grouped_bars(ax, shown, series, "score (0-1)")
     fig.suptitle("After training: each model on the paper's post-training figures (95% intervals)", fontsize=10)
-    return _save(fig, stem)
+    return fig
