@@ -126,10 +126,15 @@ def _cmd_taxonomy(args) -> int:
     return 0
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", required=True,
-                   help="hf:<hub id or path>, openai:<model>, or an offline alias: smollm2-135m, tiny-vlm")
+    if multi:  # evaluate: several models, each run on every task (a sweep)
+        g.add_argument("--model", action="append",
+                       help="hf:<hub id or path>, openai:<model>, or an offline alias: smollm2-135m, tiny-vlm; "
+                       "repeat for several models")
+    else:
+        g.add_argument("--model", required=True,
+                       help="hf:<hub id or path>, openai:<model>, or an offline alias: smollm2-135m, tiny-vlm")
     g.add_argument("--adapter", help="PEFT adapter folder to load on top of an hf: model")
     g.add_argument("--base-url", help="OpenAI-compatible server URL for openai: models (e.g. http://127.0.0.1:8000/v1)")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", type=env_var_name, metavar="NAME",
@@ -146,6 +151,28 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt-format", choices=["auto", "llava-v1"], default=None,
                    help="hf: models: 'auto' (default) = the model's chat template; 'llava-v1' = the reference "
                    "code's LLaVA v1 conversation with its system prompt (LLaVA-1.5)")
+
+
+def _add_task_args(p: argparse.ArgumentParser) -> None:
+    """The data and scoring flags of the runner (evaluate, gap); defaults are RunConfig's (runs.py)."""
+    g = p.add_argument_group("data and scoring")
+    g.add_argument("--data", help=DATA_HELP + "; required (say 'sample' to try the tool on synthetic data)")
+    g.add_argument("--safe-data", help="folder of safe images (class name per image); default: the dataset's own safe/ folder")
+    g.add_argument("--context-file", help="context questions in the benchmark's format (context tasks)")
+    g.add_argument("--split", choices=["all", "train", "test"], default="all", help="which split of the dataset to ask")
+    g.add_argument("--limit", type=positive_int,
+                   help="ask N items, spread over concepts (seeded), so runs in both modalities share concepts")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="queries per model call (hf: models)")
+    g.add_argument("--prompts", help="comma-separated alignment prompt indices 0-4 (default: all five)")
+    g.add_argument("--pairing", choices=["reference", "all", "seeded"], default="reference",
+                   help="unsafeconcepts_test, smid, nsfw: one prompt per image as the reference code draws it "
+                   "(numpy seed 42), all selected prompts per image, or one seeded random prompt")
+    g.add_argument("--judge", help="response judge (rule, classifier[:DIR], roberta-ref, llm:<spec>) or 'none' "
+                   "to only collect answers; default: the default judge, classifier")
+    g.add_argument("--llava-judge", help="model spec reviewing LLaVA-Bench answers (e.g. openai:gpt-4o)")
+    g.add_argument("--scoring", choices=["generate", "logprob"], default="generate",
+                   help="generate an answer and judge it, or read the verdict from the next-token "
+                   "probabilities of Yes/No (A-D) in one forward pass")
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -217,22 +244,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", default="sample", help=DATA_HELP)
     q.set_defaults(func=_handler("unsafe_concepts.data.splits:cli_splits"))
 
-    # evaluate
-    p = sub.add_parser("evaluate", help="query a model on a task; resumable; judged when --judge is given",
+    # evaluate (the one runner: unsafe_concepts.runs)
+    p = sub.add_parser("evaluate", help="ask models tasks into resumable run folders, scored by the default judge",
                        epilog=EXAMPLES["evaluate"])
+    _add_model_args(p, multi=True)
+    _add_generation_args(p)
+    _add_task_args(p)
+    p.add_argument("--task", help="task name, or several comma-separated (see `unsafe-concepts tasks`)")
+    p.add_argument("--out", help="run folder (resumed if it exists with the same configuration); with several "
+                   "models or tasks, one folder per pair under it: OUT/<model>__<task>")
+    p.add_argument("--config", help="JSON or YAML file of evaluate's settings (flag names); flags given win")
+    p.set_defaults(func=_handler("unsafe_concepts.runs:cli_evaluate"))
+    p.set_defaults(_defaults={a.dest: a.default for a in p._actions if a.dest not in ("help", "config")})
+
+    p = sub.add_parser("gap", help="the modality gap in one command: perception, visual and text-only alignment",
+                       description="Run perception, alignment (images) and alignment_text_only (concepts named) "
+                       "for one model into resumable run folders under --out, then print the gap table and "
+                       "write the report.")
     _add_model_args(p)
     _add_generation_args(p)
-    p.add_argument("--task", required=True, help="task name (see `unsafe-concepts tasks`)")
-    p.add_argument("--data", default="sample", help=DATA_HELP)
-    p.add_argument("--safe-data", help="folder of safe images (class name per image); default: the dataset's own safe/ folder")
-    p.add_argument("--context-file", help="context questions in the benchmark's format (context tasks)")
-    p.add_argument("--split", choices=["all", "train", "test"], default="all", help="which split of the dataset to ask")
-    p.add_argument("--out", required=True, help="run folder (resumed if it exists with the same configuration)")
-    p.add_argument("--limit", type=positive_int, help="ask only the first N items (after a seeded shuffle)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="queries per model call (hf: models)")
-    p.add_argument("--prompts", help="comma-separated alignment prompt indices 0-4 (default: all five)")
-    p.add_argument("--judge", help="judge the responses with this judge and write metrics.json")
-    p.set_defaults(func=_handler("unsafe_concepts.runs:cli_evaluate"))
+    _add_task_args(p)
+    p.add_argument("--out", required=True, help="folder for the three run folders and the report")
+    p.set_defaults(func=_handler("unsafe_concepts.runs:cli_gap"))
 
     p = sub.add_parser("tasks", help="list the registered tasks",
                        description="List the tasks `evaluate --task` accepts, with the modality each asks in.")
@@ -284,13 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of data order, sampling and initialisation")
     p.set_defaults(func=_handler("unsafe_concepts.train:cli_train"))
 
-    # post-training evaluation (docs/posteval.md)
-    p = sub.add_parser("posteval", help="post-training evaluation: UnsafeConcepts_TEST, MME, LLaVA-Bench, SMID, NSFW")
+    # post-training evaluation (docs/posteval.md): a suite of tasks run by the one runner
+    p = sub.add_parser("posteval", help="post-training evaluation: UnsafeConcepts_TEST, MME, LLaVA-Bench, SMID, NSFW",
+                       description="Ask one model (+ adapter) the post-training sets, each into an ordinary run "
+                       "folder OUT/<task> (resumable); decoding is greedy unless --sample.")
     _add_model_args(p)
     _add_generation_args(p)
-    p.add_argument("--out", required=True, help="output folder (resumed if present)")
+    p.add_argument("--sample", action="store_true", help="sample (temperature, top-p) instead of greedy decoding")
+    p.add_argument("--out", required=True, help="folder of the run folders (each resumed if present)")
     p.add_argument("--unsafeconcepts", default="sample",
-                   help="UnsafeConcepts_TEST data: folder, 'sample', 'hf', 'heldout-text', or 'none' to skip")
+                   help="UnsafeConcepts_TEST data: folder, 'sample' (synthetic), 'hf', 'heldout-text', or 'none'")
     p.add_argument("--modality", choices=["image", "text"], default="image", help="UnsafeConcepts_TEST modality")
     p.add_argument("--safe-data", help="folder of safe images for UnsafeConcepts_TEST")
     p.add_argument("--mme", help="MME: 'hf' (lmms-lab/MME), an MME.tsv, or the release folder")
@@ -298,11 +334,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llava-judge", help="model spec judging LLaVA-Bench answers (e.g. openai:gpt-4o)")
     p.add_argument("--smid", help="SMID folder (images + SMID_norms.csv)")
     p.add_argument("--nsfw", help="NSFW set: folder with safe/ and unsafe/, or a labelled CSV/TSV (no default)")
-    p.add_argument("--judge", default="classifier", help="response judge for UnsafeConcepts_TEST, SMID, NSFW")
-    p.add_argument("--limit", type=positive_int,
-                   help="items per set (UnsafeConcepts_TEST: a seeded random N; others: the first N)")
+    p.add_argument("--general", action="store_true", help="also the held-out general-knowledge yes/no check")
+    p.add_argument("--judge", help="response judge for UnsafeConcepts_TEST, SMID, NSFW (default: classifier)")
+    p.add_argument("--pairing", choices=["reference", "all", "seeded"], default="reference",
+                   help="prompts per image for UnsafeConcepts_TEST, SMID, NSFW (see evaluate --help)")
+    p.add_argument("--limit", type=positive_int, help="queries per set, spread over concepts (seeded)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="queries per model call (hf: models)")
     p.set_defaults(func=_handler("unsafe_concepts.train.posteval:cli_posteval"))
+
+    # adversarial robustness (docs/adversarial.md)
+    p = sub.add_parser("attack", help="FGSM/PGD attacks on unsafe images: how often a small perturbation makes "
+                       "the model call them safe")
+    asub = p.add_subparsers(dest="method", metavar="ATTACK", required=True)
+    for method, text in (("fgsm", "one signed-gradient step of size --eps"),
+                         ("pgd", "--steps projected signed-gradient steps in the --eps ball, random start")):
+        q = asub.add_parser(method, help=text)
+        _add_model_args(q)
+        q.add_argument("--data", required=True, help=DATA_HELP)
+        q.add_argument("--split", choices=["all", "train", "test"], default="test",
+                       help="which unsafe images (default: the test split)")
+        q.add_argument("--eps", type=float, default=0.01, help="L-infinity budget in pixel space [0, 1] (default 0.01)")
+        q.add_argument("--limit", type=positive_int, help="attack N images (a seeded sample)")
+        q.add_argument("--steps", type=positive_int, default=10, help="PGD steps (default 10)")
+        q.add_argument("--step-size", type=float, help="PGD step (default 2.5 * eps / steps)")
+        q.add_argument("--prompt-index", type=int, default=0, help="alignment prompt asked (0-4, default 0)")
+        q.add_argument("--seed", type=int, default=0, help="image sample and PGD random start")
+        q.add_argument("--out", required=True, help="run folder (resumed if it exists with the same settings)")
+        q.set_defaults(func=_handler("unsafe_concepts.attack:cli_attack"))
+    q = asub.add_parser("table", help="attack folders side by side, with the reference's published rates")
+    q.add_argument("folders", nargs="+", help="attack run folders")
+    q.add_argument("--reference", help="folder of the reference's {model}_{ATTACK}_eps{eps}.json is_adv lists")
+    q.set_defaults(func=_handler("unsafe_concepts.attack:cli_table"))
 
     # offline pipeline
     p = sub.add_parser("demo", help="the whole offline pipeline on the sample data: evaluate -> judge -> report")
@@ -369,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished rows are saved; run the same command again to resume", file=sys.stderr)
+        print("\ninterrupted: finished rows are saved; run the same command again to resume", file=sys.stderr)
         return 130
 
 
