@@ -68,3 +68,43 @@ def test_eval_json_and_against(tmp_path, capsys):
     assert main(["judge", "eval", "--judge", "rule", "--input", str(src)]) == 0
     table = capsys.readouterr().out
     assert "== alignment ==" in table and "accuracy=1.000" in table and "label / rule" in table
+
+
+# ----------------------------------------------------------------------------- hostile input (issue 10)
+
+def test_apply_on_non_utf8_input_is_one_clear_line(tmp_path, capsys):
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(json.dumps(ROWS[0]).encode() + b"\n" + '{"task": "alignment", "prompt": "q", "response": "caf\xe9"}'
+                    .encode("latin-1") + b"\n")
+    out = tmp_path / "o.jsonl"
+    assert main(["judge", "apply", "--judge", "rule", "--input", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err and "UTF-8" in err and "0xe9" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_apply_on_a_folder_is_one_clear_line(tmp_path, capsys):
+    assert main(["judge", "apply", "--judge", "rule", "--input", str(tmp_path), "--out",
+                 str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_apply_refuses_a_folder_or_a_file_parent_as_out_before_judging(tmp_path, capsys):
+    src = _write(tmp_path / "in.jsonl", ROWS)
+    assert main(["judge", "apply", "--judge", "rule", "--input", str(src), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["judge", "apply", "--judge", "rule", "--input", str(src), "--out", str(blocker / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
+
+
+def test_apply_writes_confidence_and_reason(tmp_path):
+    src = _write(tmp_path / "in.jsonl", ROWS)
+    out = tmp_path / "out.jsonl"
+    assert main(["judge", "apply", "--judge", "rule", "--input", str(src), "--out", str(out)]) == 0
+    for row in map(json.loads, out.read_text().splitlines()):
+        assert 0.0 <= row["confidence"] <= 1.0 and row["verdict_reason"]

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from unsafe_concepts.errors import UserError
+from unsafe_concepts.judges import DEFAULT_JUDGE
 from unsafe_concepts.judges.base import KINDS, UNCLEAR, JudgeItem, kind_for, labels_for
 
 BATCH = 32
@@ -18,31 +19,53 @@ def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give a JSONL file (for a run folder, its responses.jsonl)")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise UserError(f"{path}, line {lineno}: missing field(s) {', '.join(missing)} "
-                                f"(rows need {', '.join(required)})")
-            for k in ("task", "prompt"):
-                if k in required and not isinstance(row[k], str):
-                    raise UserError(f"{path}, line {lineno}: field {k!r} must be a string")
-            if "response" in required and row["response"] is not None and not isinstance(row["response"], str):
-                raise UserError(f"{path}, line {lineno}: field 'response' must be a string or null")
-            row["_line"] = lineno
-            rows.append(row)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    for lineno, bline in enumerate(raw.splitlines(), 1):
+        try:
+            line = bline.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}, line {lineno}: not UTF-8 text (byte 0x{bline[e.start]:02x} at column "
+                            f"{e.start + 1}); JSONL files must be UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise UserError(f"{path}, line {lineno}: missing field(s) {', '.join(missing)} "
+                            f"(rows need {', '.join(required)})")
+        for k in ("task", "prompt"):
+            if k in required and not isinstance(row[k], str):
+                raise UserError(f"{path}, line {lineno}: field {k!r} must be a string")
+        if "response" in required and row["response"] is not None and not isinstance(row["response"], str):
+            raise UserError(f"{path}, line {lineno}: field 'response' must be a string or null")
+        row["_line"] = lineno
+        rows.append(row)
     if not rows:
         raise UserError(f"{path}: no rows")
     return rows
+
+
+def check_output_file(path: str | Path) -> None:
+    """A clear error now for an output path that cannot be written later (a folder, a file as parent)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder: give a file name, e.g. {path / 'judged.jsonl'}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"--out {path}: {parent} is a file, not a folder")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {path}: {parent} is not writable")
 
 
 def write_jsonl_atomic(path: str | Path, rows: list[dict]) -> None:
@@ -80,8 +103,10 @@ def cli_apply(args) -> int:
     from unsafe_concepts.judges import load_judge
 
     rows = read_jsonl(args.input, ("task", "prompt", "response"))
-    judge = load_judge(args.judge)
-    verdicts = judge_rows(judge, rows, desc=f"judge {args.judge}")
+    check_output_file(args.out)  # before any judging: a bad --out must not cost the work
+    judge_name = args.judge or DEFAULT_JUDGE
+    judge = load_judge(judge_name)
+    verdicts = judge_rows(judge, rows, desc=f"judge {judge_name}")
     out_rows, n_error = [], 0
     for r, v in zip(rows, verdicts):
         r = {k: val for k, val in r.items() if k != "_line"}
@@ -94,9 +119,12 @@ def cli_apply(args) -> int:
             r["verdict"], r["confidence"], r["verdict_reason"] = v.label, v.confidence, v.reason
             if v.probs is not None:
                 r["verdict_probs"] = v.probs
-        r["judge"] = args.judge
+        r["judge"] = judge_name
         out_rows.append(r)
-    write_jsonl_atomic(args.out, out_rows)
+    try:
+        write_jsonl_atomic(args.out, out_rows)
+    except OSError as e:
+        raise UserError(f"cannot write {args.out} ({e.strerror or e})") from None
     counts: dict = {}
     for r in out_rows:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
@@ -164,6 +192,7 @@ def cli_eval(args) -> int:
         rows = [r for r in rows if r.get("split") == split]
         if not rows:
             raise UserError(f"{args.input}: no rows with split {split!r}")
+    args.judge = args.judge or DEFAULT_JUDGE
     judge = load_judge(args.judge)
     other = load_judge(args.against) if args.against else None
     result = evaluate_judge(judge, rows, other=other)
