@@ -38,8 +38,9 @@ def test_mme_release_folder(tmp_path):
 
 def test_mme_bad_inputs_name_the_problem(tmp_path):
     bad = tmp_path / "bad.tsv"
-    bad.write_text("index\tcategory\timage\tquestion\tanswer\n0\tcolor\tnot-base64!!\tq\tMaybe\n")
-    with pytest.raises(UserError, match=r"bad.tsv:2: answer must be Yes or No"):
+    bad.write_text("index\tcategory\timage\tquestion\tanswer\n0\tcolor\tnot-base64!!\tq\tYes\n"
+                   "1\tcolor\tnot-base64!!\tq\tMaybe\n")
+    with pytest.raises(UserError, match=r"bad.tsv:3: answer must be Yes or No"):
         load_mme(str(bad))
     bad.write_text("index\tcategory\tquestion\tanswer\n0\tcolor\tq\tYes\n")
     with pytest.raises(UserError, match="missing column"):

@@ -69,7 +69,10 @@ def test_self_bleu_orders_templated_below_varied():
               "I would not post it; the scene is gory.", "Sure, landscapes like this are harmless."]
     t, v = self_bleu(templated), self_bleu(varied)
     assert 0 < t["one_minus_self_bleu"] < v["one_minus_self_bleu"] <= 1
-    assert self_bleu(["", "only one"])["one_minus_self_bleu"] is None
+    # the reference's way keeps an empty answer as a reference: one hypothesis, sharing nothing with it
+    assert self_bleu(["", "only one"])["one_minus_self_bleu"] == 1.0
+    assert self_bleu(["", "only one"], tokenizer="words")["one_minus_self_bleu"] is None
+    assert self_bleu(["", ""])["one_minus_self_bleu"] is None
     assert self_bleu(["", "a b", "a c"])["n_empty"] == 1
 
 
@@ -80,5 +83,53 @@ def test_self_bleu_matches_nltk_directly():
     toks = [tokenize(t) for t in texts]
     expected = sum(sentence_bleu(toks[:i] + toks[i + 1:], toks[i], smoothing_function=SmoothingFunction().method1)
                    for i in range(3)) / 3
-    assert self_bleu(texts)["self_bleu"] == pytest.approx(expected)
+    assert self_bleu(texts, tokenizer="words")["self_bleu"] == pytest.approx(expected)
     assert tokenize("No, it isn't.") == ["no", ",", "it", "isn", "'", "t", "."]
+
+
+def test_mme_reference_substring_rule_and_mme_rule_differ_where_they_should():
+    from unsafe_concepts.evalsets.mme import MMEItem, is_correct, score_mme
+
+    yes = MMEItem(id="0", category="color", question="q", answer="Yes", image_key="a", image=None)
+    no = MMEItem(id="1", category="color", question="q", answer="No", image_key="a", image=None)
+    cases = {  # answer: (MME rule right for Yes, reference rule right for Yes, MME for No, reference for No)
+        "Yes": (True, True, False, False),
+        "yes": (True, False, False, False),  # the reference's rule is case-sensitive
+        "No, but Yes in a way": (False, True, True, True),  # substring: right for both labels
+        "Not at all": (False, False, True, True),  # MME: "no" in the first four characters; reference: "No" in it
+        "": (False, False, False, False),
+    }
+    for answer, expected in cases.items():
+        got = (is_correct(yes, answer, "mme"), is_correct(yes, answer, "reference"),
+               is_correct(no, answer, "mme"), is_correct(no, answer, "reference"))
+        assert got == expected, answer
+    ref = score_mme([yes, no], ["Yes", "No, Yes"], rule="reference")
+    mme = score_mme([yes, no], ["Yes", "No, Yes"])
+    assert (ref["rule"], ref["accuracy"], mme["rule"], mme["accuracy"]) == ("reference", 1.0, "mme", 1.0)
+    assert score_mme([yes, no], ["yes", "no"], rule="reference")["accuracy"] == 0.0
+
+
+def test_mmvet_saved_as_mme_is_refused(tmp_path):
+    """The reference's loader downloads MMVet.tsv under the name MME.tsv when MME.tsv is missing."""
+    from unsafe_concepts.errors import UserError
+    from unsafe_concepts.evalsets import load_mme
+
+    bad = tmp_path / "MME.tsv"
+    bad.write_text("index\tcategory\timage\tquestion\tanswer\n0\trec\tAAAA\tWhat is shown?\tA red square\n")
+    with pytest.raises(UserError, match="MMVet.tsv saved as MME.tsv"):
+        load_mme(str(bad))
+
+
+def test_xlsx_reader_refuses_what_is_not_a_spreadsheet(tmp_path):
+    from unsafe_concepts.errors import UserError
+    from unsafe_concepts.evalsets.common import read_xlsx
+
+    (tmp_path / "a.xlsx").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="not a readable .xlsx"):
+        read_xlsx(tmp_path / "a.xlsx")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "b.xlsx", "w") as z:
+        z.writestr("xl/worksheets/sheet1.xml", "<worksheet><sheetData><row>")
+    with pytest.raises(UserError, match="malformed spreadsheet XML"):
+        read_xlsx(tmp_path / "b.xlsx")

@@ -120,3 +120,74 @@ def load_labelled_hub(name: str, repo: str, subset: str = "all", limit: int | No
     root = ensure_hub_labelled(name, subset=subset, repo=None if repo in ("", HUB_SETS[name]) else repo)
     return load_labelled_folder(root, name, limit)
 
+
+_XLSX_NS = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+_XLSX_MAX_BYTES = 64 * 2**20  # an uncompressed part larger than this is refused (zip bomb)
+
+
+def read_xlsx(path: str | Path) -> list[dict]:
+    """Rows of the first sheet of an .xlsx file as dicts keyed by the header row (values: str, int,
+    float or None). Read with zipfile + ElementTree (no openpyxl needed): the reference ships its
+    LLaVA-Bench question sheet and GPT-4o reviews this way. Shared strings, inline strings and
+    numbers are supported; formulas give their cached value."""
+    import re
+    import zipfile
+    from xml.etree import ElementTree
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            def part(name: str) -> bytes | None:
+                try:
+                    info = z.getinfo(name)
+                except KeyError:
+                    return None
+                if info.file_size > _XLSX_MAX_BYTES:
+                    raise UserError(f"{path}: {name} is larger than {_XLSX_MAX_BYTES // 2**20} MiB uncompressed")
+                return z.read(name)
+
+            shared_xml = part("xl/sharedStrings.xml")
+            sheet_xml = part("xl/worksheets/sheet1.xml")
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"{path}: not a readable .xlsx file ({e})") from None
+    if sheet_xml is None:
+        raise UserError(f"{path}: no first worksheet (xl/worksheets/sheet1.xml)")
+    try:
+        shared = ["".join(t.text or "" for t in si.iter(_XLSX_NS + "t"))
+                  for si in ElementTree.fromstring(shared_xml).findall(_XLSX_NS + "si")] if shared_xml else []
+        sheet = ElementTree.fromstring(sheet_xml)
+    except ElementTree.ParseError as e:
+        raise UserError(f"{path}: malformed spreadsheet XML ({e})") from None
+
+    def column(ref: str) -> int:
+        letters = re.match(r"[A-Z]+", ref).group(0)
+        n = 0
+        for ch in letters:
+            n = n * 26 + ord(ch) - 64
+        return n - 1
+
+    def value(c):
+        kind = c.get("t")
+        if kind == "inlineStr":
+            return "".join(t.text or "" for t in c.iter(_XLSX_NS + "t"))
+        v = c.find(_XLSX_NS + "v")
+        if v is None or v.text is None:
+            return None
+        if kind == "s":
+            return shared[int(v.text)]
+        if kind in ("str", "e"):
+            return v.text
+        if kind == "b":
+            return v.text == "1"
+        number = float(v.text)
+        return int(number) if number.is_integer() and re.fullmatch(r"-?\d+", v.text) else number
+
+    table = []
+    for row in sheet.iter(_XLSX_NS + "row"):
+        cells = {column(c.get("r")): value(c) for c in row.findall(_XLSX_NS + "c") if c.get("r")}
+        table.append([cells.get(i) for i in range(max(cells) + 1)] if cells else [])
+    if not table or not table[0]:
+        raise UserError(f"{path}: empty sheet (no header row)")
+    header = [str(h) if h is not None else "" for h in table[0]]
+    return [{h: (r[i] if i < len(r) else None) for i, h in enumerate(header) if h} for r in table[1:] if r]
+

@@ -16,6 +16,15 @@ is wrong. Per subtask: acc = % questions right, acc+ = % images with BOTH questi
 score = acc + acc+ (max 200). Perception = sum of the 10 perception subtasks (max 2000),
 cognition = sum of the 4 cognition subtasks (max 800). ``accuracy`` (fraction of questions right)
 is also reported: it is the "general capability" number comparable across sets.
+
+Two rules decide whether an answer is right (``score_mme(..., rule=...)``):
+- ``"mme"`` (default): MME's own parsing, above;
+- ``"reference"``: the paper's reference code: right when the gold label string (``Yes``/``No``)
+  occurs anywhere in the answer, case-sensitive (``label in pred``). It counts "No, ... Yes" as
+  right for both labels and "yes" (lower case) as wrong for both; kept for exact reproduction.
+The reference's loader has a bug worth knowing: when ``MME.tsv`` is missing it downloads
+VLMEvalKit's MMVet.tsv under that name, so a fresh run of its code scores MM-Vet, not MME. Here
+``load_mme`` refuses a TSV without MME's columns (MM-Vet has no Yes/No answers and fails the check).
 """
 from __future__ import annotations
 
@@ -86,6 +95,9 @@ def load_mme(source: str = "hf", *, limit: int | None = None) -> list[MMEItem]:
 def _from_tsv(path: Path) -> list[MMEItem]:
     rows = read_table(path, "\t")
     require_columns(rows[0].keys() if rows else [], ("index", "category", "image", "question", "answer"), str(path))
+    if rows and not any(str(r["answer"]).strip().lower() in ("yes", "no") for r in rows):  # the reference's MM-Vet mix-up
+        raise UserError(f"{path}: not MME: its answers are not Yes/No (first: {str(rows[0]['answer'])[:40]!r}). "
+                        "Is it VLMEvalKit's MMVet.tsv saved as MME.tsv, as the reference's downloader does?")
     by_index = {str(r["index"]).strip(): r for r in rows}
     items = []
     for n, r in enumerate(rows, start=2):  # line 1 is the header
@@ -155,18 +167,36 @@ def parse_yes_no(response: str | None) -> str:
     return "other"
 
 
-def score_mme(items: list[MMEItem], responses: list[str | None]) -> dict:
-    """Per-subtask acc, acc+ and score, perception/cognition totals and overall accuracy.
+RULES = ("mme", "reference")
+
+
+def reference_correct(label: str, response: str | None) -> bool:
+    """The reference code's rule: the gold label ("Yes"/"No") is a substring of the answer (case kept)."""
+    return bool(response) and label in response
+
+
+def is_correct(item: MMEItem, response: str | None, rule: str = "mme") -> bool:
+    if rule == "mme":
+        return parse_yes_no(response) == item.answer.lower()
+    if rule == "reference":
+        return reference_correct(item.answer, response)
+    raise ValueError(f"MME rule must be one of {RULES}, got {rule!r}")
+
+
+def score_mme(items: list[MMEItem], responses: list[str | None], rule: str = "mme") -> dict:
+    """Per-subtask acc, acc+ and score, perception/cognition totals and overall accuracy, by ``rule``
+    ("mme": MME's own parsing; "reference": the reference's substring rule).
     ``responses[i]`` answers ``items[i]``; a missing response (None: generation error) is wrong."""
     if len(items) != len(responses):
         raise ValueError(f"{len(items)} items but {len(responses)} responses")
+    if rule not in RULES:
+        raise ValueError(f"MME rule must be one of {RULES}, got {rule!r}")
     per_cat: dict[str, list[bool]] = defaultdict(list)
     per_image: dict[tuple[str, str], list[bool]] = defaultdict(list)
     n_other = 0
     for item, resp in zip(items, responses):
-        pred = parse_yes_no(resp)
-        n_other += pred == "other"
-        ok = pred == item.answer.lower()
+        n_other += parse_yes_no(resp) == "other"
+        ok = is_correct(item, resp, rule)
         per_cat[item.category].append(ok)
         per_image[(item.category, item.image_key)].append(ok)
     categories = {}
@@ -182,6 +212,7 @@ def score_mme(items: list[MMEItem], responses: list[str | None]) -> dict:
     n_right = sum(sum(v) for v in per_cat.values())
     return {
         "set": "mme",
+        "rule": rule,
         "n": len(items),
         "accuracy": n_right / len(items) if items else None,
         "n_unparsed": n_other,
