@@ -15,7 +15,7 @@ from pathlib import Path
 from unsafe_concepts import metrics
 from unsafe_concepts.errors import UserError
 from unsafe_concepts.report import plots
-from unsafe_concepts.report.loading import RunData, RunProblem, assign_systems, load_run
+from unsafe_concepts.report.loading import TABLE_TASKS, RunData, RunProblem, assign_systems, load_run
 from unsafe_concepts.report.tables import Table, category_table, fmt_num, markdown_grid, to_csv, to_latex, to_markdown
 
 # (name, visual task, textual task): the pairs whose difference is the modality gap.
@@ -24,8 +24,6 @@ GAP_PAIRS = (
     ("context", "alignment_context", "alignment_text_only_context"),
     ("after training", "unsafeconcepts_test", "unsafeconcepts_test_text"),
 )
-TABLE_TASKS = {"perception", "alignment", "alignment_text_only", "alignment_context", "alignment_text_only_context",
-               "unsafeconcepts_test", "unsafeconcepts_test_text"}
 # The paper's post-training comparison (its Table 6 layout): one row per model, these figures.
 POST_TRAINING_COLUMNS = ["UnsafeConcepts_TEST", "safe half", "unsafe half", "1 - Self-BLEU", "MME", "LLaVA-Bench",
                          "SMID", "NSFW"]

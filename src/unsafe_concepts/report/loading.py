@@ -9,6 +9,9 @@ from unsafe_concepts import metrics
 from unsafe_concepts.errors import UserError
 
 RESPONSES, RUN_JSON = "responses.jsonl", "run.json"
+# The tasks on the UnsafeConcepts benchmark itself (the paper's tables); evaluation sets bring their own data.
+TABLE_TASKS = {"perception", "alignment", "alignment_text_only", "alignment_context", "alignment_text_only_context",
+               "unsafeconcepts_test", "unsafeconcepts_test_text"}
 
 
 class RunProblem(UserError):
@@ -158,17 +161,14 @@ def _read_json(path: Path) -> dict | None:
     return data
 
 
-# metrics kinds metrics.summarize computes from the rows (the task name it needs to recognise each)
-_RECOMPUTABLE = {None: None, "alignment": None, "after_training": None, "perception": "perception",
-                 "alignment_context": "alignment_context"}
-
-
 def load_run(run_dir: str | Path) -> RunData:
     """One scored run folder; RunProblem (naming the folder and what to do) when it cannot be used.
 
-    The figures are recomputed from responses.jsonl with ``metrics.summarize`` (so that they agree with
-    the rows the report shows, with this version's intervals); for the kinds that only the run's scorer
-    can compute (MME, LLaVA-Bench, ...) they come from the run's metrics.json."""
+    The figures are recomputed from responses.jsonl by ``metrics.summarize_run``, the function that writes
+    metrics.json, under the task's declared metrics kind (or, for folders of format version 1, the kind
+    its name implies): so they agree with the rows the report shows and carry this version's intervals.
+    Only the diversity of the answers (1 - Self-BLEU, seconds per run) is taken from metrics.json when
+    that file describes the same rows."""
     path = Path(run_dir)
     if not path.is_dir():
         raise RunProblem(f"{path}: no such run folder")
@@ -199,28 +199,21 @@ def load_run(run_dir: str | Path) -> RunData:
     task_section = record.get("task") if isinstance(record.get("task"), dict) else {}
     run.after_training = (bool(task_section["after_training"]) if "after_training" in task_section
                           else after_training_for(task, rows))
-    kind = run.metrics_kind
-    if kind in _RECOMPUTABLE:
+    kind = run.metrics_kind or metrics.legacy_kind(task, run.after_training)
+    if kind != "llavabench":  # LLaVA-Bench rows carry a review instead (summarize_run checks them)
         unjudged = [r for r in rows if not r.get("error") and r.get("verdict") is None]
         if unjudged:
             raise RunProblem(f"{path}: not judged yet ({len(unjudged)} of {len(rows)} answers have no verdict); "
                              "judge it first (run the same `unsafe-concepts evaluate` command again with --judge)")
-        try:
-            summary = metrics.summarize(rows, _RECOMPUTABLE[kind] or task, after_training=run.after_training)
-        except UserError as e:
-            raise RunProblem(f"{path}: {e}") from None
-        summary["task"] = task
-        for extra in ("diversity", "details"):  # computed by the run from what the rows do not hold
-            if extra in run.metrics_file:
-                summary[extra] = run.metrics_file[extra]
-    else:
-        summary = run.metrics_file
-        if not isinstance(summary.get("overall"), dict):
-            raise RunProblem(f"{path}: not scored yet (no metrics.json with an overall figure for the {kind} "
-                             "task); run the same command again to score it")
-        if summary.get("n_rows") not in (None, len(rows)):
-            run.notes.append(f"metrics.json counts {summary['n_rows']} rows, responses.jsonl holds {len(rows)}: "
-                             "run the same command again to rescore")
+    stored = run.metrics_file if run.metrics_file.get("n_rows") == len(rows) else {}
+    try:
+        if kind == "after_training" and "diversity" in stored:
+            summary = metrics.summarize(rows, task, kind=kind, after_training=run.after_training)
+            summary["diversity"] = stored["diversity"]
+        else:
+            summary = metrics.summarize_run(rows, task, kind=kind, after_training=run.after_training)
+    except UserError as e:
+        raise RunProblem(f"{path}: {e}") from None
     run.summary = summary
     return run
 
@@ -228,16 +221,22 @@ def load_run(run_dir: str | Path) -> RunData:
 def assign_systems(runs: list[RunData]) -> list[str]:
     """Give every run the label of its model ("system"), unique per task; returns notes about clashes.
 
-    The label is the model spec (+ adapter folder name), plus the data when runs on different data are
-    mixed, plus a warning for an untrained vision tower (so no table shows such numbers unlabelled)."""
+    The label is the model spec (+ adapter folder name), plus the data when the benchmark tasks of that
+    model ran on different data (so that no gap pairs runs on two datasets; evaluation sets such as MME
+    bring their own data and do not count), plus a warning for an untrained vision tower (so no table
+    shows such numbers unlabelled)."""
+    def base(run):
+        return run.model + (f" + {Path(str(run.adapter)).name}" if run.adapter else "")
+
+    benchmark_data: dict[str, set[str]] = {}
+    for run in runs:
+        if run.task in TABLE_TASKS:
+            benchmark_data.setdefault(base(run), set()).add(run.data)
     notes = []
-    several_data = len({r.data for r in runs}) > 1
     seen: dict[tuple[str, str], RunData] = {}
     for run in runs:
-        label = run.model
-        if run.adapter:
-            label += f" + {Path(str(run.adapter)).name}"
-        if several_data:
+        label = base(run)
+        if run.task in TABLE_TASKS and len(benchmark_data.get(label, ())) > 1:
             label += f" @ {run.data}"
         if run.untrained_vision:
             label += " [untrained vision]"
