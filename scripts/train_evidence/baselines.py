@@ -3,7 +3,7 @@ TEXT modality, concepts held out (train.data.heldout_text_items). Used by run_ba
 
   python scripts/train_evidence/baselines.py train sft OUT [key=value ...]
 
-(Evaluation: ``python -m unsafe_concepts.train.evaluate``, the same as the PPO evidence.)
+(Evaluation: ``unsafe-concepts posteval --unsafeconcepts heldout-text --general``, the same as the PPO evidence.)
 """
 from __future__ import annotations
 

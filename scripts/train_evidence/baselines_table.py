@@ -1,4 +1,4 @@
-"""Markdown table of the baseline evidence (scripts/train_evidence/results/baselines/eval_*.json;
+"""Markdown table of the baseline evidence recorded before evaluation moved to the one runner
 the base row falls back to the PPO evidence's eval_base.json, made by the same command)."""
 import json
 from pathlib import Path

@@ -13,15 +13,15 @@ cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=PASSIVE   # 1 thread: far faster on a shared CPU
 PY=.venv/bin/python
 OUT=${OUT:-${TMPDIR:-/tmp}/unsafe-concepts-evidence/ppo_smollm2_text}
-JUDGES=${JUDGES:-"--judge rule --judge first-word"}   # add "--judge classifier" once `unsafe-concepts setup` trained it
-EVAL="--items heldout-text:test --max-new-tokens 48 --temperature 1.0 --top-p 0.9 --seed 0 --general $JUDGES"
+JUDGE=${JUDGE:-rule}
+# post-training evaluation (docs/posteval.md): held-out concepts in text + the general yes/no check, sampled
+EVAL="--unsafeconcepts heldout-text --modality text --general --sample --max-new-tokens 48 --temperature 1.0 --top-p 0.9 --seed 0 --judge $JUDGE"
 RESULTS=scripts/train_evidence/results/ppo
 STAGE=${STAGE:-all}
 mkdir -p "$OUT" "$RESULTS"
 
 if [[ $STAGE == all || $STAGE == base ]]; then
-  $PY -m unsafe_concepts.train.evaluate --model smollm2-135m $EVAL --out "$OUT/eval_base"
-  cp "$OUT/eval_base/metrics.json" "$RESULTS/eval_base.json"
+  .venv/bin/unsafe-concepts posteval --model smollm2-135m $EVAL --out "$OUT/eval_base"
 fi
 if [[ $STAGE == all || $STAGE == train ]]; then
   /usr/bin/time -v .venv/bin/unsafe-concepts train ppo --model smollm2-135m --config configs/ppo_smollm2_text.json \
@@ -30,17 +30,14 @@ if [[ $STAGE == all || $STAGE == train ]]; then
   cp "$OUT/train/train.json" "$RESULTS/train.json"
 fi
 if [[ $STAGE == all || $STAGE == after ]]; then
-  $PY -m unsafe_concepts.train.evaluate --model smollm2-135m --adapter "$OUT/train" $EVAL --out "$OUT/eval_ppo"
-  cp "$OUT/eval_ppo/metrics.json" "$RESULTS/eval_ppo.json"
+  .venv/bin/unsafe-concepts posteval --model smollm2-135m --adapter "$OUT/train" $EVAL --out "$OUT/eval_ppo"
 fi
 if [[ $STAGE == all || $STAGE == memory ]]; then
   $PY benchmarks/ppo_memory.py | tee "$RESULTS/ppo_memory.txt"
 fi
 if [[ $STAGE == all || $STAGE == summary ]]; then
-  # both evaluations read by the same (current) judges, then the before/after table
-  $PY -m unsafe_concepts.train.evaluate --rejudge --out "$OUT/eval_base" $JUDGES
-  $PY -m unsafe_concepts.train.evaluate --rejudge --out "$OUT/eval_ppo" $JUDGES
-  cp "$OUT/eval_base/metrics.json" "$RESULTS/eval_base.json"
-  cp "$OUT/eval_ppo/metrics.json" "$RESULTS/eval_ppo.json"
-  $PY scripts/train_evidence/summarize_ppo.py "$RESULTS" | tee "$RESULTS/summary.md"
+  # the before/after comparison: ordinary run folders, read by the report
+  .venv/bin/unsafe-concepts report "$OUT"/eval_base/* "$OUT"/eval_ppo/* --out "$OUT/report"
+  for s in eval_base eval_ppo; do for t in heldout_text general_yes_no; do
+    cp "$OUT/$s/$t/metrics.json" "$RESULTS/${s}_${t}.json"; done; done
 fi

@@ -1,4 +1,5 @@
-"""Print the before/after table of the PPO evidence from the copied result files (Markdown)."""
+"""Print the before/after table of the PPO evidence from the result files recorded before evaluation moved to
+the one runner (results/ppo/eval_*.json, format of the removed train/evaluate.py). New runs: `unsafe-concepts report`."""
 import json
 import sys
 from pathlib import Path

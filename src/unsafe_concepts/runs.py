@@ -97,6 +97,10 @@ class RunConfig:
             raise UserError(f"--top-p must be in (0, 1], got {g['top_p']}")
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be a positive number")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env or "") or re.match(r"(sk|hf|gsk|api)[-_]", self.api_key_env):
+            # checked before anything is written: a key passed where its variable's name belongs never reaches run.json
+            raise UserError("api_key_env expects the NAME of an environment variable holding the key (e.g. "
+                            "OPENAI_API_KEY), not the key itself; the value given is not shown")
         if self.scoring not in SCORINGS:
             raise UserError(f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
         from unsafe_concepts.tasks import PAIRINGS
@@ -782,13 +786,21 @@ def print_gap(visual_dir: Path, textual_dir: Path, perception: RunResult | None 
     for name in ("category", "visual", "text-only", "gap", "95% interval", "n visual", "n text"):
         table.add_column(name, justify="left" if name == "category" else "right")
     rows = [(c, e) for c, e in gap["per_category"].items() if e["visual"]["n"] and e["textual"]["n"]]
+    def side(stat):  # a side with answers but no decided one says so, instead of a bare n/a
+        return "all unclear" if stat["value"] is None and stat["n"] else _fmt(stat["value"])
+
     for label, entry in rows + [("Overall", gap["overall"])]:
         v, t = entry["visual"], entry["textual"]
         interval = (f"[{_fmt(entry['ci_low'])}, {_fmt(entry['ci_high'])}]" if entry.get("ci_low") is not None else "")
-        table.add_row(Text(str(label), style="bold" if label == "Overall" else ""), _fmt(v["value"]),
-                      _fmt(t["value"]), _fmt(entry["value"]), interval, str(v["n"]), str(t["n"]))
-    console = Console(highlight=False)
+        gap_cell = _fmt(entry["value"]) if entry["value"] is not None else "-"
+        table.add_row(Text(str(label), style="bold" if label == "Overall" else ""), side(v), side(t), gap_cell,
+                      interval, str(v["n"]), str(t["n"]))
+    console = Console(highlight=False, width=max(100, Console().width))
     console.print(table)
+    if any(e["value"] is None for _, e in rows):
+        console.print(Text("-: no gap where one side's answers were all judged unclear (the measurement leaves "
+                           "unclear answers out); longer answers (--max-new-tokens) or --scoring logprob decide them",
+                           style="dim"))
     only = [c for c, e in gap["per_category"].items() if not (e["visual"]["n"] and e["textual"]["n"])]
     if only:
         console.print(Text(f"asked in one modality only (no gap): {', '.join(only)}", style="dim"))

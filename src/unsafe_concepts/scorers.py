@@ -22,9 +22,9 @@ LOGPROB = {"name": "logprob", "kind": "logprob", "version": 1,
 
 def default_judge() -> str:
     """The one default response judge of every command (``judges.DEFAULT_JUDGE``)."""
-    from unsafe_concepts import judges
+    from unsafe_concepts.judges import DEFAULT_JUDGE
 
-    return getattr(judges, "DEFAULT_JUDGE", "classifier")
+    return DEFAULT_JUDGE
 
 
 class Scorer(ABC):
