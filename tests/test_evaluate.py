@@ -205,14 +205,55 @@ def test_config_file_for_evaluate(tmp_path):
     assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "d")]) == 2
 
 
-def test_python_api_in_five_lines(tmp_path):
-    # the example of docs/evaluation-runs.md ("From Python"), as written there
-    from unsafe_concepts import build_report, evaluate
+def test_python_api_example_of_the_docs_runs(tmp_path, monkeypatch, capsys):
+    """The "From Python" example of docs/evaluation-runs.md, executed as written."""
+    import re
+    from pathlib import Path
 
-    text = evaluate("smollm2-135m", "alignment_text_only", data="sample", out=tmp_path / "text", limit=4,
-                    judge="rule", max_new_tokens=8)
-    print(text)
-    assert "alignment_text_only | smollm2-135m | 4/4 answered" in repr(text)
-    assert text.metrics["n"] == 4 and (tmp_path / "text" / "metrics.json").exists()
-    built = build_report([text.out], tmp_path / "report")
-    assert (tmp_path / "report" / "report.html").exists() and built is not None
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "evaluation-runs.md").read_text()
+    code = re.search(r"### From Python\n\n```python\n(.*?)```", doc, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/evaluation-runs.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "alignment_text_only | smollm2-135m | 4/4 answered" in printed and "'value'" in printed
+    assert (tmp_path / "runs" / "text" / "metrics.json").exists()
+    assert (tmp_path / "runs" / "report" / "report.html").exists()
+
+
+def test_gap_command_with_logprob_scoring(tmp_path, capsys):
+    out = tmp_path / "gap"
+    assert main(["gap", "--model", "tiny-vlm", "--data", "sample", "--limit", "6", "--out", str(out),
+                 "--scoring", "logprob"]) == 0
+    printed = capsys.readouterr().out
+    assert "modality gap" in printed and "Overall" in printed and "report.html" in printed
+    assert "n/a" not in printed and "all unclear" not in printed  # log-prob verdicts are never unclear
+    rows = _rows(out / "tiny-vlm__alignment")
+    assert all(r["scoring"] == "logprob" and set(r["option_probs"]) == {"Yes", "No"} for r in rows)
+    assert all(r["verdict"] == ("safe" if r["option_probs"]["Yes"] > r["option_probs"]["No"] else "unsafe")
+               for r in rows)
+    perception = _rows(out / "tiny-vlm__perception")
+    assert all(r["verdict"] in "ABCD" and len(r["option_probs"]) == 4 for r in perception)
+    record = json.loads((out / "tiny-vlm__alignment" / "run.json").read_text())
+    assert record["scoring"] == "logprob" and record["suite"] == "gap" and record["scorer"]["name"] == "logprob"
+    # a task whose answers are not a fixed option set cannot be scored this way: refused before anything runs
+    assert main(["evaluate", "--model", "tiny-vlm", "--task", "llavabench", "--data", str(tmp_path), "--scoring",
+                 "logprob", "--out", str(tmp_path / "l")]) == 2
+    assert "cannot be scored by log-probabilities" in capsys.readouterr().err
+
+
+def test_every_query_failing_exits_non_zero_with_the_distinct_errors(tmp_path, capsys, monkeypatch):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "models"))
+    from _openai_servers import ScriptedServer  # a real HTTP server on 127.0.0.1
+
+    monkeypatch.setenv("UC_TEST_KEY", "sk-test-123456")
+    refuse = lambda n, body, headers: (401, {"error": {"message": "Incorrect API key provided"}}, None, 0)  # noqa: E731
+    with ScriptedServer(refuse) as server:
+        out = tmp_path / "bad-key"
+        code = main(["evaluate", "--model", "openai:m", "--base-url", f"{server.base_url}", "--api-key-env",
+                     "UC_TEST_KEY", "--task", "alignment_text_only", "--data", "sample", "--limit", "2",
+                     "--out", str(out), "--judge", "rule"])
+    err = capsys.readouterr().err
+    assert code == 2 and "every query failed (2)" in err and "bad API key" in err
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"]["n_error"] == 2 and not (out / "metrics.json").exists()
+    assert "sk-test-123456" not in (out / "run.json").read_text() + (out / "responses.jsonl").read_text()

@@ -159,3 +159,11 @@ def test_select_spreads_over_concepts_and_pairs_modalities():
     a, b = select(visual, 12, 0), select(text, 12, 0)
     assert len({s.concept for s in a}) == 12 and {s.concept for s in a} == {s.concept for s in b}
     assert set(s.id for s in select(visual, 6, 0)) <= set(s.id for s in a)  # a larger limit extends a smaller
+
+
+def test_api_key_given_where_its_name_belongs_is_refused_before_anything_is_written(tmp_path):
+    from unsafe_concepts.api import evaluate
+
+    with pytest.raises(UserError, match="NAME of an environment variable") as e:
+        evaluate("openai:m", "alignment_text_only", data="sample", out=tmp_path / "r", api_key_env="sk-live-abc123")
+    assert "sk-live" not in str(e.value) and not (tmp_path / "r").exists()

@@ -1,4 +1,5 @@
 """Markdown table of the baseline evidence recorded before evaluation moved to the one runner
+(scripts/train_evidence/results/baselines/eval_*.json;
 the base row falls back to the PPO evidence's eval_base.json, made by the same command)."""
 import json
 from pathlib import Path
