@@ -97,7 +97,7 @@ def _cell(cell, gap: bool) -> dict:
                 "ci": (f"[{fmt_num(cell['ci_low'])}, {fmt_num(cell['ci_high'])}]"
                        if value is not None and cell.get("ci_low") is not None else ""),
                 "n": cell_n(cell), "unclear": fmt_num(unclear, 2) if unclear else "",
-                "thin": thin(cell), "shade": "" if thin(cell) else _shade(value, gap)}
+                "thin": thin(cell), "shade": "" if thin(cell) or cell.get("ci_low") is None else _shade(value, gap)}
     if cell is None or isinstance(cell, (int, float)):
         return {"kind": "num", "text": fmt_cell(cell)}
     text = str(cell)
