@@ -367,6 +367,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--reference", help="folder of the reference's {model}_{ATTACK}_eps{eps}.json is_adv lists")
     q.set_defaults(func=_handler("unsafe_concepts.attack:cli_table"))
 
+    # adversarial robustness (docs/adversarial.md)
+    p = sub.add_parser("attack", help="FGSM/PGD attacks on unsafe images: how often a small perturbation makes "
+                       "the model call them safe")
+    asub = p.add_subparsers(dest="method", metavar="ATTACK", required=True)
+    for method, text in (("fgsm", "one signed-gradient step of size --eps"),
+                         ("pgd", "--steps projected signed-gradient steps in the --eps ball, random start")):
+        q = asub.add_parser(method, help=text)
+        _add_model_args(q)
+        q.add_argument("--data", required=True, help=DATA_HELP)
+        q.add_argument("--split", choices=["all", "train", "test"], default="test",
+                       help="which unsafe images (default: the test split)")
+        q.add_argument("--eps", type=float, default=0.01, help="L-infinity budget in pixel space [0, 1] (default 0.01)")
+        q.add_argument("--limit", type=positive_int, help="attack N images (a seeded sample)")
+        q.add_argument("--steps", type=positive_int, default=10, help="PGD steps (default 10)")
+        q.add_argument("--step-size", type=float, help="PGD step (default 2.5 * eps / steps)")
+        q.add_argument("--prompt-index", type=int, default=0, help="alignment prompt asked (0-4, default 0)")
+        q.add_argument("--seed", type=int, default=0, help="image sample and PGD random start")
+        q.add_argument("--out", required=True, help="run folder (resumed if it exists with the same settings)")
+        q.set_defaults(func=_handler("unsafe_concepts.attack:cli_attack"))
+    q = asub.add_parser("table", help="attack folders side by side, with the reference's published rates")
+    q.add_argument("folders", nargs="+", help="attack run folders")
+    q.add_argument("--reference", help="folder of the reference's {model}_{ATTACK}_eps{eps}.json is_adv lists")
+    q.set_defaults(func=_handler("unsafe_concepts.attack:cli_table"))
+
     # offline pipeline
     p = sub.add_parser("demo", help="the whole offline pipeline on the sample data: evaluate -> judge -> report")
     p.add_argument("--out", default="demo-output", help="folder for the runs and the report")
