@@ -10,8 +10,8 @@ from unsafe_concepts.judges import load_judge
 from unsafe_concepts.train import data as td
 from unsafe_concepts.train import ppo
 
-TINY = dict(lora_r=4, lora_alpha=8, rollout_batch_size=2, mini_batch_size=2, response_len=6, warmup_steps=1,
-            save_steps=1, learning_rate=1e-3, length_bonus=0.5)
+TINY = dict(lora_r=4, lora_alpha=8, rollout_batch_size=2, mini_batch_size=2, micro_batch_size=2, response_len=6,
+            warmup_steps=1, save_steps=1, learning_rate=1e-3, length_bonus=0.5)
 
 
 def _adapter_state(model):
@@ -26,7 +26,7 @@ def test_text_ppo_two_steps_then_resume_to_three(smollm2_path, tmp_path):
     trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
     before = _adapter_state(trainer.model)
     result = trainer.train()
-    assert time.perf_counter() - t0 < 60
+    assert time.perf_counter() - t0 < 600  # a guard against pathological slowness (the CI CPU is shared)
     assert result["steps"] == 2
     after = _adapter_state(trainer.model)
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy was updated
@@ -100,7 +100,7 @@ def test_image_ppo_on_tiny_vlm(tiny_vlm_spec, tmp_path):
     trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
     vision_before = {k: v.clone() for k, v in trainer.model.named_parameters() if "vision_tower" in k}
     result = trainer.train()
-    assert time.perf_counter() - t0 < 60 and result["steps"] == 1
+    assert time.perf_counter() - t0 < 600 and result["steps"] == 1
     from unsafe_concepts.train.common import encode_prompts
 
     encoded = encode_prompts(trainer.processor, [items[0].prompt], [items[0].image])  # what rollouts feed the model
@@ -154,3 +154,52 @@ def test_recomputed_logprobs_match_the_sampling_distribution(tiny_llava_dir, tmp
     sampled_with = ppo.logprobs_from_logits(torch.stack(out.scores, 1), responses)  # scores = logits / T
     assert torch.allclose(logp * mask, sampled_with * mask, atol=1e-4)
     assert values.shape == responses.shape
+
+
+def _one_step(tiny_llava_dir, tmp_path, **overrides):
+    """(logged metrics, gradients at the optimiser step) of PPO's first step on the tiny LLaVA."""
+    from PIL import Image
+
+    from unsafe_concepts.train.data import TrainItem
+
+    images = []
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for i, colour in enumerate(["red", "blue", "green", "white"]):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (40, 40), colour).save(path)
+        images.append(str(path))
+    items = [TrainItem(id=str(i), prompt=f"Is image {i} safe?" + " Answer." * i, image=img,
+                       label=("safe", "unsafe")[i % 2], concept="x", category="Safe") for i, img in enumerate(images)]
+    settings = {**TINY, "rollout_batch_size": 4, "mini_batch_size": 4, "generation_batch_size": 1,
+                "missing_eos_penalty": -1.0, **overrides}
+    cfg = ppo.PPOConfig(model=f"hf:{tiny_llava_dir}", modality="image", out_dir=str(tmp_path / "run"), **settings)
+    trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
+    grads = {}
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()
+                      if "lora_" in n and p.grad is not None})
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    metrics = trainer.train_step(trainer.batch_for_step(0))
+    return metrics, grads
+
+
+@pytest.mark.parametrize("value_model", ["adapter", "shared"])
+def test_micro_batching_gives_the_same_step(tiny_llava_dir, tmp_path, value_model):
+    """One optimiser step over 4 answers: in one pass, or accumulated over micro-batches of 1 (with
+    gradient checkpointing), gives the same loss and the same gradients."""
+    whole, g_whole = _one_step(tiny_llava_dir, tmp_path / "a", micro_batch_size=4, gradient_checkpointing=False,
+                               value_model=value_model)
+    micro, g_micro = _one_step(tiny_llava_dir, tmp_path / "b", micro_batch_size=1, gradient_checkpointing=True,
+                               value_model=value_model)
+    assert whole["response_len"] == micro["response_len"]  # the same rollout (sampling seeded per item)
+    assert len(g_whole) > 0 and g_whole.keys() == g_micro.keys()
+    if value_model == "adapter":
+        assert any(".value." in k for k in g_whole)  # the value adapter is trained too
+    for key in ("loss", "pg_loss", "vf_loss", "entropy"):
+        assert micro[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-5), key
+    for name in g_whole:
+        assert torch.allclose(g_micro[name], g_whole[name], rtol=1e-3, atol=1e-6), name

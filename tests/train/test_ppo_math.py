@@ -125,10 +125,67 @@ def test_config_validation():
     from unsafe_concepts.errors import UserError
 
     c = ppo.PPOConfig()
+    # the protocol's values, and the reference's where the protocol is silent (README of the reference data)
     assert (c.learning_rate, c.kl_coef, c.entropy_coef, c.length_bonus, c.rollout_batch_size, c.ppo_epochs,
             c.temperature, c.whiten_rewards, c.gamma, c.lam, c.cliprange, c.cliprange_value) == (
-        3e-5, 0.1, 0.02, 4.0, 32, 1, 1.0, False, 1.0, 0.95, 0.2, 0.2)
+        3e-5, 0.1, 0.02, 4.0, 32, 1, 1.0, False, 1.0, 1.0, 0.2, 0.2)
+    assert (c.mini_batch_size, c.kl_estimator, c.missing_eos_penalty, c.reward_scale, c.value_model) == (
+        32, "k1_clamped", -8.0, 10.0, "adapter")  # one optimiser step per rollout of 32
     with pytest.raises(UserError, match="reward"):
         ppo.PPOConfig(reward="bleu").validate()
     with pytest.raises(UserError, match="temperature"):
         ppo.PPOConfig(temperature=0).validate()
+
+
+def test_clamped_kl_and_missing_eos():
+    logp, ref = torch.tensor([[-1.0, -2.0, -0.5]]), torch.tensor([[-1.5, -1.0, -0.5]])
+    assert close(ppo.kl_estimate(logp, ref, "k1"), [[0.5, -1.0, 0.0]])
+    assert close(ppo.kl_estimate(logp, ref, "k1_clamped"), [[0.5, 0.0, 0.0]])  # the reference's penalty
+    rewards, kl = ppo.per_token_rewards(torch.tensor([2.0]), logp, ref, torch.ones(1, 3), 0.1, "k1_clamped")
+    assert close(rewards, [[-0.05, 0.0, 2.0]])
+    responses = torch.tensor([[5, 6, 2, 0], [5, 6, 7, 8], [2, 0, 0, 0]])
+    mask = ppo.response_mask(responses, [2])
+    assert ppo.ended_with_eos(responses, mask, [2]).tolist() == [True, False, True]
+
+
+def test_selective_logprobs_equal_full_logits_in_value_and_gradient():
+    """The chunked log-softmax (answer tokens only, chunks recomputed in backward) gives the same
+    log-probs, entropies and gradients as the full-vocabulary computation."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    tokens = torch.randint(0, 50, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    logp, ent = ppo.selective_logprobs(hidden, head, tokens, mask, temperature=0.7, with_entropy=True, chunk_tokens=3)
+    logits = head(hidden) / 0.7
+    full_logp = ppo.logprobs_from_logits(logits, tokens) * mask
+    full_ent = ppo.entropy_from_logits(logits) * mask
+    assert torch.allclose(logp, full_logp, atol=1e-5) and torch.allclose(ent, full_ent, atol=1e-5)
+    (logp.sum() + 0.3 * ent.sum()).backward()
+    g_hidden, g_head = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad, head.weight.grad = None, None
+    (full_logp.sum() + 0.3 * full_ent.sum()).backward()
+    assert torch.allclose(g_hidden, hidden.grad, atol=1e-5) and torch.allclose(g_head, head.weight.grad, atol=1e-5)
+
+
+def test_trainer_state_round_trip_without_pickle(tmp_path):
+    """Optimiser and scheduler state go to safetensors + JSON and come back identical."""
+    from unsafe_concepts.train.common import TrainConfig, make_scheduler
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = make_scheduler(opt, TrainConfig(warmup_steps=2), 10)
+    for _ in range(3):
+        model(torch.randn(4, 3)).sum().backward()
+        opt.step(), sched.step(), opt.zero_grad()
+    ppo.save_trainer_state(tmp_path, opt, sched)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trainer_state.json", "trainer_state.safetensors"]
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched2 = make_scheduler(opt2, TrainConfig(warmup_steps=2), 10)
+    ppo.load_trainer_state(tmp_path, opt2, sched2)
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for idx in a["state"]:
+        for key in a["state"][idx]:
+            assert torch.equal(a["state"][idx][key], b["state"][idx][key])
+    assert sched2.last_epoch == sched.last_epoch and sched2.get_last_lr() == sched.get_last_lr()

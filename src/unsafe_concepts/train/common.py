@@ -49,8 +49,13 @@ class TrainConfig:
     # optimisation
     learning_rate: float = 3e-5
     epochs: int = 4
-    batch_size: int = 32
-    grad_accum_steps: int = 1
+    batch_size: int = 32  # the global batch: examples per optimiser step, over every process
+    # What is in memory at once: sequences per forward/backward pass on one process. The global batch
+    # is reached by gradient accumulation (batch_size = micro_batch_size x accumulation x processes),
+    # so the loss and the step are the same whatever the micro-batch. None: ``CPU_MICRO_BATCH`` of the
+    # trainer on a CPU, 4x that on a GPU (capped at the batch).
+    micro_batch_size: int | None = None
+    grad_accum_steps: int | None = None  # None: derived from batch_size / (micro_batch_size x processes)
     max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
     warmup_steps: int = 5
     lr_schedule: str = "cosine"  # "cosine" or "constant" (after warm-up)
@@ -68,8 +73,11 @@ class TrainConfig:
             raise UserError(f"modality must be 'image' or 'text', got {self.modality!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise UserError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        for name in ("lora_r", "lora_alpha", "epochs", "batch_size", "grad_accum_steps", "logging_steps", "save_steps"):
+        for name in ("lora_r", "lora_alpha", "epochs", "batch_size", "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("micro_batch_size", "grad_accum_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"max_steps must be >= 1, got {self.max_steps}")
@@ -80,6 +88,47 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    # sequences per forward/backward on a CPU when micro_batch_size is None (trainers override)
+    CPU_MICRO_BATCH = 4
+
+
+def batch_plan(config: TrainConfig, *, world_size: int = 1, device: str | None = None,
+               batch: int | None = None) -> tuple[int, int]:
+    """(micro-batch per process, accumulation steps) that make up the global batch ``batch``
+    (default ``config.batch_size``) on ``world_size`` processes; a clear error when they cannot."""
+    batch = batch or config.batch_size
+    if batch % world_size:
+        raise UserError(f"the global batch ({batch}) must be a multiple of the number of processes ({world_size})")
+    per_process = batch // world_size
+    if config.grad_accum_steps:
+        if per_process % config.grad_accum_steps:
+            raise UserError(f"batch {batch} over {world_size} process(es) is {per_process} per process, "
+                            f"not a multiple of grad_accum_steps={config.grad_accum_steps}")
+        return per_process // config.grad_accum_steps, config.grad_accum_steps
+    micro = config.micro_batch_size
+    if micro is None:
+        on_gpu = (device or default_device()).startswith("cuda")
+        micro = type(config).CPU_MICRO_BATCH * (4 if on_gpu else 1)
+    micro = min(micro, per_process)
+    while per_process % micro:  # the largest micro-batch <= the asked one that divides the batch
+        micro -= 1
+    return micro, per_process // micro
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def disable_dropout(model) -> None:
+    """Dropout off everywhere (p=0), so train mode (needed by gradient checkpointing) is deterministic."""
+    import torch.nn as nn
+
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
 
 
 def _coerce(value: Any, annotation: str, key: str, source: str) -> Any:
@@ -269,6 +318,9 @@ def add_lora(model, config: TrainConfig):
 def load_policy(config: TrainConfig):
     """(peft_model, processor): the base model with LoRA on its language model, ready to train."""
     model, processor = load_base_model(config.model, dtype=config.dtype, device=config.device)
+    if config.modality == "image" and not is_vlm_processor(processor):
+        raise UserError(f"--modality image: {config.model} is a text-only model (no image processor); "
+                        "use --modality text, or a vision-language model")
     prepare_processor(processor)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -333,6 +385,127 @@ def make_scheduler(optimizer, config: TrainConfig, total_steps: int):
     return LambdaLR(optimizer, factor)
 
 
+# ---------------------------------------------------------------------------- processes
+def launched_world_size() -> int:
+    """How many processes the launcher (torchrun / accelerate launch) started, from its environment."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+class Dist:
+    """The process group as PPO needs it: rank, world size, and the few collective operations.
+
+    One process (no launcher): every operation is the identity. Started by ``torchrun`` or
+    ``accelerate launch`` (``WORLD_SIZE`` > 1): joins the default process group (NCCL on GPUs,
+    gloo on CPUs), so each process rolls out its own share of the batch and gradients, rewards,
+    whitening statistics and metrics are reduced across processes."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self._dist = dist
+        world = launched_world_size()
+        if world > 1 and not dist.is_initialized():
+            import os
+
+            import torch
+
+            if not dist.is_available():
+                raise UserError(f"started as {world} processes but this torch has no distributed support")
+            backend = "nccl" if torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in (
+                "1", "true", "yes") else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend=backend)
+        self.active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.active else 0
+        self.world = dist.get_world_size() if self.active else 1
+        self.is_main = self.rank == 0
+
+    def device(self, default: str | None) -> str | None:
+        """The device of this process: its own GPU (LOCAL_RANK) under a launcher, else ``default``."""
+        import os
+
+        import torch
+
+        if self.active and torch.cuda.is_available() and self._dist.get_backend() == "nccl":
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        return default
+
+    def sum(self, tensor):
+        """The sum over processes (a new tensor; the input is left as is)."""
+        out = tensor.detach().clone()
+        if self.active:
+            self._dist.all_reduce(out)
+        return out
+
+    def min(self, tensor):
+        out = tensor.detach().clone()
+        if self.active:
+            self._dist.all_reduce(out, op=self._dist.ReduceOp.MIN)
+        return out
+
+    def max(self, tensor):
+        out = tensor.detach().clone()
+        if self.active:
+            self._dist.all_reduce(out, op=self._dist.ReduceOp.MAX)
+        return out
+
+    def mean_metrics(self, metrics: dict) -> dict:
+        """Numeric metrics averaged over processes (others kept from this process)."""
+        if not self.active:
+            return metrics
+        import torch
+
+        keys = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        values = self.sum(torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)) / self.world
+        return {**metrics, **{k: float(v) for k, v in zip(keys, values)}}
+
+    def sum_gradients(self, params) -> None:
+        """Add up every process's gradients (the loss is already divided by the global token count)."""
+        if not self.active:
+            return
+        for p in params:
+            if p.grad is not None:
+                self._dist.all_reduce(p.grad)
+
+    def broadcast_parameters(self, params) -> None:
+        """The main process's values everywhere: every process starts from identical weights."""
+        if self.active:
+            for p in params:
+                self._dist.broadcast(p.data, src=0)
+
+    def barrier(self) -> None:
+        if self.active:
+            self._dist.barrier()
+
+    def agree(self, message: str | None) -> None:
+        """Raise the same UserError on every process when any process has one (no rank left waiting)."""
+        if not self.active:
+            if message:
+                raise UserError(message)
+            return
+        got = [None] * self.world
+        self._dist.all_gather_object(got, message)
+        first = next((m for m in got if m), None)
+        if first:
+            raise UserError(first)
+
+
+def refuse_silent_duplicates(process_count: int) -> None:
+    """Several processes launched, but the training library sees one: each would train the whole
+    run alone and write the same folder. Refuse instead of duplicating the work silently."""
+    world = launched_world_size()
+    if world > 1 and process_count <= 1:
+        raise UserError(f"started as {world} processes (WORLD_SIZE={world}) but no process group was formed, so each "
+                        "process would train alone and overwrite the others' output; on CPUs set "
+                        "ACCELERATE_USE_CPU=true (torchrun --nproc_per_node N), or use accelerate launch on GPUs")
+
+
 # ---------------------------------------------------------------------------- logging & saving
 class TrainLogger:
     """Append-only JSONL log (``<out>/log.jsonl``): one object per logged step; resumes append."""
@@ -361,7 +534,7 @@ class TrainLogger:
 
         class JsonlCallback(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs:
+                if logs and state.is_world_process_zero:  # one log, written by the main process
                     logger.log(state.global_step, **logs)
 
         return JsonlCallback()

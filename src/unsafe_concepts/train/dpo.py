@@ -16,6 +16,8 @@ from unsafe_concepts.train import common, trl_runner
 
 @dataclass
 class DPOConfig(common.TrainConfig):
+    CPU_MICRO_BATCH = 2  # pairs: chosen + rejected = 4 rows per pass on a CPU
+
     learning_rate: float = 2e-6
     beta: float = 0.1
     loss_type: str = "sigmoid"  # TRL's loss names: sigmoid (the DPO paper), ipo, hinge, ...

@@ -23,6 +23,8 @@ from unsafe_concepts.train import common, trl_runner
 
 @dataclass
 class GRPOConfig(common.TrainConfig):
+    CPU_MICRO_BATCH = 1  # answers of up to 512 tokens: one per forward/backward on a CPU
+
     learning_rate: float = 3e-5  # as PPO (the protocol gives no GRPO rate)
     batch_size: int = 32  # answers per optimiser step = prompts per step x num_generations
     num_generations: int = 4  # answers sampled per prompt (the group)
@@ -33,12 +35,21 @@ class GRPOConfig(common.TrainConfig):
     length_bonus: float = 0.0
     judge: str = "classifier"
     loss_type: str = "grpo"  # TRL's loss aggregation; "grpo" is the original paper's
-    gradient_checkpointing: bool = False
+    # answers sampled at once (whole groups); None: 8 on a CPU (2 prompts x 4), the whole batch on a GPU.
+    # Smaller than batch_size means several generation rounds per optimiser step; the advantages do
+    # not change (they are normalised within each prompt's group, and a group is never split).
+    generation_batch_size: int | None = None
+    gradient_checkpointing: bool = True  # recompute activations in the backward pass: far less memory
     deepspeed: str | None = None
 
     def validate(self) -> None:
         super().validate()
         from unsafe_concepts.train.ppo import REWARDS
+
+        gen = self.generation_batch_size
+        if gen is not None and (gen < 1 or gen % self.num_generations or self.batch_size % gen):
+            raise UserError(f"generation_batch_size ({gen}) must be a multiple of num_generations "
+                            f"({self.num_generations}) that divides batch_size ({self.batch_size})")
 
         if self.num_generations < 2:
             raise UserError(f"num_generations must be >= 2 (advantages compare answers to one prompt), "
@@ -93,7 +104,11 @@ def build_trainer(config: GRPOConfig, items=None, judge=None):
     task = "alignment_text_only" if config.modality == "text" else "alignment"  # as PPO names it
     reward = judge_reward(judge, task=task, kind=config.reward, length_bonus=config.length_bonus,
                           response_len=config.response_len)
+    generation_batch = config.generation_batch_size or (
+        min(8, config.batch_size) if (config.device or common.default_device()) == "cpu" else config.batch_size)
+    generation_batch = max(generation_batch - generation_batch % config.num_generations, config.num_generations)
     args = trl_runner.trl_args(config, trl.GRPOConfig, num_generations=config.num_generations,
+                               generation_batch_size=generation_batch,
                                max_completion_length=config.response_len, temperature=config.temperature,
                                top_p=1.0, top_k=0, beta=config.kl_coef, loss_type=config.loss_type,
                                log_completions=False)

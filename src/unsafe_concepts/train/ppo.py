@@ -44,6 +44,9 @@ from unsafe_concepts.train import common
 from unsafe_concepts.train.data import TrainItem
 
 REWARDS = ("neg_ce_minmax", "prob_correct", "verdict_match")
+KL_ESTIMATORS = ("k1_clamped", "k1")
+VALUE_MODELS = ("adapter", "shared")
+VALUE_ADAPTER = "value"
 CHECKPOINTS = "checkpoints"
 VALUE_HEAD_FILE = "value_head.safetensors"
 _EPS = 1e-8
@@ -51,30 +54,46 @@ _EPS = 1e-8
 
 @dataclass
 class PPOConfig(common.TrainConfig):
-    """PPO settings; defaults are the protocol's (``training.ppo``) unless stated.
+    """PPO settings; defaults are the protocol's (``training.ppo``) and, where the protocol is silent,
+    the reference implementation's (``RLHF/scripts/train_ppo.sh``) unless stated.
 
     One step = one rollout of ``rollout_batch_size`` prompts; ``epochs`` counts passes over the
-    training items (unless ``max_steps``); the inherited ``batch_size`` is not used by PPO."""
+    training items (unless ``max_steps``); the inherited ``batch_size`` is not used by PPO. Memory:
+    only ``micro_batch_size`` sequences are in a forward/backward pass at once (gradients are
+    accumulated up to ``mini_batch_size``), ``generation_batch_size`` prompts are sampled at once."""
+
+    CPU_MICRO_BATCH = 1  # answers of up to 512 tokens: one sequence per pass keeps a CPU step under 3 GB
 
     learning_rate: float = 3e-5
     kl_coef: float = 0.1
+    # "k1_clamped" (reference): max(0, log pi - log pi_ref) per token; "k1": the unclamped estimate
+    kl_estimator: str = "k1_clamped"
     entropy_coef: float = 0.02
     # NOTE: rewards long answers: a full-length answer earns +length_bonus whatever it says, which
     # at the protocol's 4.0 outweighs the judge score (in [0, 1]) - see docs/training.md.
     length_bonus: float = 4.0
+    # added to the score of an answer that never emits EOS (reference: -8, relative to the score)
+    missing_eos_penalty: float = -8.0
     rollout_batch_size: int = 32
-    mini_batch_size: int = 8  # PPO update mini-batch (one optimiser step each); not in the protocol
+    mini_batch_size: int = 32  # answers per optimiser step (reference: one step per rollout of 32)
+    generation_batch_size: int | None = None  # prompts sampled at once; None: 8 on CPU, the rollout on GPU
+    gradient_checkpointing: bool = True  # recompute activations in the update pass: far less memory
+    logprob_chunk_tokens: int = 512  # answer tokens per chunk of the log-softmax over the vocabulary
     ppo_epochs: int = 1
     response_len: int = 512
     temperature: float = 1.0
     whiten_rewards: bool = False
+    reward_scale: float = 10.0  # per-token rewards are multiplied by this when not whitened (reference)
     whiten_advantages: bool = True
     gamma: float = 1.0
-    lam: float = 0.95
+    lam: float = 1.0
     cliprange: float = 0.2
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
     max_grad_norm: float = 1.0
+    # "adapter" (reference): the value model is the base model with its own LoRA adapter and a
+    # zero-initialised linear head; "shared": a head on the policy's hidden states (cheaper)
+    value_model: str = "adapter"
     reward: str = "neg_ce_minmax"
     judge: str = "classifier"
 
@@ -84,11 +103,17 @@ class PPOConfig(common.TrainConfig):
             raise UserError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
         if self.temperature <= 0:
             raise UserError("PPO samples its rollouts: temperature must be > 0")
-        for name in ("rollout_batch_size", "mini_batch_size", "ppo_epochs", "response_len"):
+        for name in ("rollout_batch_size", "mini_batch_size", "ppo_epochs", "response_len", "logprob_chunk_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.generation_batch_size is not None and self.generation_batch_size < 1:
+            raise UserError(f"generation_batch_size must be >= 1, got {self.generation_batch_size}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise UserError("gamma and lam must be in [0, 1]")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise UserError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+        if self.value_model not in VALUE_MODELS:
+            raise UserError(f"value_model must be one of {', '.join(VALUE_MODELS)}, got {self.value_model!r}")
 
 
 CONFIG = PPOConfig
@@ -121,7 +146,8 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) per position: logits (B, L, V), tokens (B, L) -> (B, L)."""
+    """log p(token) per position: logits (B, L, V), tokens (B, L) -> (B, L). Materialises (B, L, V):
+    for tests and small inputs; the trainer uses :func:`selective_logprobs`."""
     return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
@@ -131,28 +157,87 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def _chunk_logprobs(hidden: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor, bias, temperature: float,
+                    softcap, with_entropy: bool):
+    logits = F.linear(hidden, weight, bias).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, None
+    return logp, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+def selective_logprobs(hidden: torch.Tensor, head: nn.Module, tokens: torch.Tensor, mask: torch.Tensor, *,
+                       temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int = 512,
+                       softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(token) (and the entropy) at the answer positions only, in float32, chunk by chunk.
+
+    hidden (B, L, H): the last hidden states that predict ``tokens`` (B, L); ``mask`` (B, L) marks
+    the answer tokens (others get 0). Only ``chunk_tokens`` rows of vocabulary logits exist at a
+    time, and under autograd each chunk is recomputed in the backward pass instead of being kept, so
+    memory is O(chunk x vocab) instead of O(batch x length x vocab)."""
+    from torch.utils.checkpoint import checkpoint
+
+    keep = mask.bool()
+    h, t = hidden[keep], tokens[keep]
+    weight, bias = head.weight, getattr(head, "bias", None)
+    h = h.to(weight.dtype)
+    grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    logps, ents = [], []
+    for start in range(0, h.shape[0], chunk_tokens):
+        args = (h[start:start + chunk_tokens], t[start:start + chunk_tokens], weight, bias, temperature, softcap,
+                with_entropy)
+        lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False) if grad else _chunk_logprobs(*args)
+        logps.append(lp)
+        ents.append(ent)
+    out = hidden.new_zeros(tokens.shape, dtype=torch.float32)
+    # masked_scatter keeps the graph connected even when the mask is empty
+    logp = out.masked_scatter(keep, torch.cat(logps)) if logps else out + 0 * hidden.sum()
+    entropy = None
+    if with_entropy:
+        entropy = out.masked_scatter(keep, torch.cat(ents)) if ents else out + 0 * hidden.sum()
+    return logp, entropy
+
+
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> torch.Tensor:
     """Per-token KL(pi || pi_ref) estimate on tokens sampled from pi.
 
-    ``k1`` = log pi - log pi_ref (unbiased, can be negative per token; the reward penalty);
+    ``k1`` = log pi - log pi_ref (unbiased, can be negative per token);
+    ``k1_clamped`` = max(0, k1) (the reference's reward penalty: a token the policy likes less than
+    the reference is not rewarded; biased upwards);
     ``k3`` = (r - 1) - log r with r = pi_ref / pi (unbiased, always >= 0; for logging)."""
     diff = logp - ref_logp
     if kind == "k1":
         return diff
+    if kind == "k1_clamped":
+        return diff.clamp(min=0.0)
     if kind == "k3":
         return torch.expm1(-diff) + diff
     raise ValueError(f"unknown KL estimator {kind!r}")
 
 
 def per_token_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
-                      kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rewards, kl): ``-kl_coef * k1`` on every answer token, plus ``scores`` on the last one."""
+                      kl_coef: float, estimator: str = "k1") -> tuple[torch.Tensor, torch.Tensor]:
+    """(rewards, kl): ``-kl_coef * kl`` on every answer token, plus ``scores`` on the last one."""
     mask = mask.to(logp.dtype)
-    kl = kl_estimate(logp, ref_logp, "k1") * mask
+    kl = kl_estimate(logp, ref_logp, estimator) * mask
     rewards = -kl_coef * kl
     last = (mask.sum(1).long() - 1).clamp(min=0)
     rewards[torch.arange(len(scores)), last] += scores
     return rewards * mask, kl
+
+
+def ended_with_eos(responses: torch.Tensor, mask: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
+    """(B,) bool: the answer's last kept token is an end-of-sequence token (it stopped by itself)."""
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    final = responses[torch.arange(len(responses)), last]
+    ended = torch.zeros_like(final, dtype=torch.bool)
+    for e in eos_ids:
+        ended |= final == e
+    return ended & (mask.sum(1) > 0)
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
@@ -203,24 +288,27 @@ def length_bonus(mask: torch.Tensor, response_len: int, coef: float) -> torch.Te
     return mask.to(torch.float32).sum(1) / response_len * coef
 
 
-def judge_scores(verdicts, labels: Sequence[str], kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+def correct_probs(verdicts, labels: Sequence[str]) -> torch.Tensor:
+    """p_judge(true label) per answer. A judge without probabilities (``rule``) counts as one-hot on
+    its verdict, smoothed by 1e-3 so the log stays finite."""
+    probs = []
+    for v, label in zip(verdicts, labels):
+        probs.append(float(v.probs.get(label, 0.0)) if v.probs else (1.0 - 2e-3 if v.label == label else 1e-3))
+    return torch.tensor(probs, dtype=torch.float32)
+
+
+def judge_scores(verdicts, labels: Sequence[str], kind: str, *, batch_range: tuple | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, raw): the reward of each answer from its verdict and the item's true label.
 
     ``neg_ce_minmax`` (the paper's): raw = log p_judge(true label) = -cross-entropy, then min-max
-    normalised to [0, 1] within the batch (all equal -> all 0). ``prob_correct``: p_judge(true label).
-    ``verdict_match``: 1 if the verdict is the label else 0. A judge without probabilities (``rule``)
-    counts as one-hot on its verdict, smoothed by 1e-3 so the log stays finite."""
-    probs = []
-    for v, label in zip(verdicts, labels):
-        if v.probs:
-            p = float(v.probs.get(label, 0.0))
-        else:
-            p = 1.0 - 2e-3 if v.label == label else 1e-3
-        probs.append(p)
-    p = torch.tensor(probs, dtype=torch.float32)
+    normalised to [0, 1] within the batch (all equal -> all 0); ``batch_range`` = (min, max) of raw
+    over the whole batch when this is one process's share of it. ``prob_correct``: p_judge(true
+    label). ``verdict_match``: 1 if the verdict is the label else 0."""
+    p = correct_probs(verdicts, labels)
     if kind == "neg_ce_minmax":
         raw = torch.log(p.clamp(min=1e-6))
-        lo, hi = raw.min(), raw.max()
+        lo, hi = batch_range if batch_range is not None else (raw.min(), raw.max())
         return (raw - lo) / (hi - lo) if hi - lo > _EPS else torch.zeros_like(raw), raw
     if kind == "prob_correct":
         return p, p
@@ -232,12 +320,16 @@ def judge_scores(verdicts, labels: Sequence[str], kind: str) -> tuple[torch.Tens
 
 # ============================================================================ model pieces
 class ValueHead(nn.Module):
-    """V(s_t) = w . h_t + b on the policy's last hidden state (trained; saved with checkpoints)."""
+    """V(s_t) = w . h_t + b on a last hidden state (trained; saved with checkpoints). ``zero_init``:
+    V = 0 everywhere at the start (the reference's value model), so early advantages are the returns."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, zero_init: bool = True):
         super().__init__()
         self.summary = nn.Linear(hidden_size, 1)
-        nn.init.normal_(self.summary.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        if zero_init:
+            nn.init.zeros_(self.summary.weight)
+        else:
+            nn.init.normal_(self.summary.weight, std=1.0 / math.sqrt(hidden_size + 1))
         nn.init.zeros_(self.summary.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -271,6 +363,28 @@ def response_mask(responses: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tens
     return (before == 0).long()
 
 
+def _backbone_and_head(model):
+    """(backbone returning ``last_hidden_state``, LM head) of a (PEFT-wrapped) causal LM or VLM.
+
+    LoRA layers live inside the backbone's modules, so adapters and ``disable_adapter`` apply."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.base_model, base.get_output_embeddings()
+
+
+_SEQ_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+
+
+def trim_micro_batch(query: dict, responses: torch.Tensor, mask: torch.Tensor):
+    """Drop the columns that are padding for every row: left of the (left-padded) prompts, right of
+    the answers. Masked positions do not change any result, only the cost."""
+    width = int(mask.sum(1).max().item()) if mask.numel() else 0
+    width = max(width, 1)
+    prompt_mask = query["attention_mask"]
+    first = int((prompt_mask.sum(0) > 0).nonzero().min().item()) if prompt_mask.any() else 0
+    trimmed = {k: (v[:, first:] if k in _SEQ_KEYS and v.dim() == 2 else v) for k, v in query.items()}
+    return trimmed, responses[:, :width], mask[:, :width]
+
+
 # ============================================================================ the trainer
 @dataclass
 class Rollout:
@@ -284,25 +398,61 @@ class Rollout:
 
 
 class PPOTrainer:
-    """PPO on a LoRA policy with a value head, a judge as reward model, the adapter-off model as reference."""
+    """PPO on a LoRA policy, a value model (own LoRA adapter + head), a judge as reward model, and
+    the adapter-off model as reference.
+
+    Under ``torchrun`` / ``accelerate launch`` each process rolls out its share of every rollout
+    (the items ``rank::world``); see :class:`common.Dist` for what is reduced across processes."""
 
     def __init__(self, config: PPOConfig, items: list[TrainItem], *, judge=None, model=None, processor=None,
                  quiet: bool = False):
         config.validate()
         if not items:
             raise UserError("PPO needs at least one training item")
-        self.config, self.items, self.quiet = config, items, quiet
+        self.dist = common.Dist()
+        for name in ("rollout_batch_size", "mini_batch_size"):
+            if getattr(config, name) % self.dist.world:
+                raise UserError(f"{name} ({getattr(config, name)}) must be a multiple of the number of processes "
+                                f"({self.dist.world})")
+        if config.rollout_batch_size % config.mini_batch_size:
+            raise UserError(f"rollout_batch_size ({config.rollout_batch_size}) must be a multiple of "
+                            f"mini_batch_size ({config.mini_batch_size})")
+        self.config, self.items, self.quiet = config, items, quiet or not self.dist.is_main
         self.out = Path(config.out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         if model is None:
+            config.device = self.dist.device(config.device)
             model, processor = common.load_policy(config)
         self.model, self.processor = model, processor
         self.tokenizer = common.tokenizer_of(processor)
-        self.model.eval()  # dropout off: old and new log-probs must agree before any update (as TRL)
+        common.disable_dropout(self.model)  # old and new log-probs must agree before any update (as TRL)
+        self.model.eval()
         self.device = next(self.model.parameters()).device
-        self.value_head = ValueHead(hidden_size_of(self.model)).to(self.device)
+        self.micro_batch = common.batch_plan(config, device=str(self.device),
+                                             batch=config.mini_batch_size // self.dist.world)[0]
+        self.generation_batch = config.generation_batch_size or (
+            8 if self.device.type == "cpu" else config.rollout_batch_size)
+        if config.value_model == "adapter" and VALUE_ADAPTER not in getattr(self.model, "peft_config", {}):
+            from peft import LoraConfig
+
+            policy_lora = self.model.peft_config[self.model.active_adapter]
+            self.model.add_adapter(VALUE_ADAPTER, LoraConfig(
+                r=policy_lora.r, lora_alpha=policy_lora.lora_alpha, lora_dropout=0.0,
+                target_modules=policy_lora.target_modules, bias="none", task_type="CAUSAL_LM"))
+        self.policy_adapter = "default"
+        self.value_head = ValueHead(hidden_size_of(self.model), zero_init=config.value_model == "adapter").to(
+            self.device)
+        self.trainable = [p for n, p in self.model.named_parameters() if "lora_" in n]
+        for p in self.trainable:
+            p.requires_grad_(True)
+        self._use_adapter(self.policy_adapter)
+        if config.gradient_checkpointing:
+            base = self.model.get_base_model()
+            if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if judge is None:
             from unsafe_concepts.judges import load_judge
 
@@ -310,14 +460,23 @@ class PPOTrainer:
         self.judge = judge
         self.task = "alignment_text_only" if config.modality == "text" else "alignment"
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
-        self.params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
+        self.params = self.trainable + list(self.value_head.parameters())
+        self.dist.broadcast_parameters(self.params)  # identical starting weights on every process
         self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.steps_per_epoch = max(1, math.ceil(len(items) / config.rollout_batch_size))
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         minibatches = math.ceil(min(config.rollout_batch_size, len(items)) / config.mini_batch_size)
         self.scheduler = common.make_scheduler(self.optimizer, config, self.total_steps * config.ppo_epochs * minibatches)
-        self.logger = common.TrainLogger(self.out)
+        self.logger = common.TrainLogger(self.out) if self.dist.is_main else None
         self.step = 0
+
+    def _use_adapter(self, name: str) -> None:
+        """Activate one LoRA adapter (policy or value). PEFT freezes the inactive ones; every adapter
+        stays trainable here (each only receives gradients from the passes it takes part in)."""
+        if getattr(self.model, "active_adapter", name) != name:
+            self.model.set_adapter(name)
+        for p in self.trainable:
+            p.requires_grad_(True)
 
     # ------------------------------------------------------------------ data order
     def batch_for_step(self, step: int) -> list[TrainItem]:
@@ -328,125 +487,249 @@ class PPOTrainer:
         size = self.config.rollout_batch_size
         return [self.items[i] for i in order[k * size:(k + 1) * size]]
 
+    def local_share(self, batch: list) -> list:
+        """This process's items of a global batch."""
+        return batch[self.dist.rank::self.dist.world]
+
     # ------------------------------------------------------------------ forward passes
-    def _forward(self, query: dict, responses: torch.Tensor, mask: torch.Tensor, *, with_values: bool,
-                 with_entropy: bool = False):
-        """log-probs (and values, entropy) of ``responses`` given the query, one pass."""
+    def _hidden(self, query: dict, responses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states (B, L, H) at the positions that predict each answer token (no logits)."""
         input_ids = torch.cat([query["input_ids"], responses], dim=1)
         attention = torch.cat([query["attention_mask"], mask.to(query["attention_mask"].dtype)], dim=1)
         # positions count real tokens only, as generate() does with left padding
         position_ids = (attention.long().cumsum(-1) - 1).clamp(min=0)
         extra = {k: v for k, v in query.items() if k not in ("input_ids", "attention_mask")}
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                         output_hidden_states=with_values, use_cache=False, **extra)
+        for key in ("token_type_ids", "mm_token_type_ids"):  # per-token inputs cover the answer too
+            if key in extra and extra[key].dim() == 2:
+                extra[key] = torch.cat([extra[key], torch.zeros_like(responses)], dim=1)
+        backbone, _ = _backbone_and_head(self.model)
+        out = backbone(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=False,
+                       **extra)
         p = query["input_ids"].shape[1]
-        logits = out.logits[:, p - 1:-1, :] / self.config.temperature
-        logp = logprobs_from_logits(logits, responses)
-        values = self.value_head(out.hidden_states[-1][:, p - 1:-1, :]) if with_values else None
-        entropy = entropy_from_logits(logits) if with_entropy else None
+        return out.last_hidden_state[:, p - 1:-1, :]
+
+    def _logprobs(self, hidden: torch.Tensor, responses: torch.Tensor, mask: torch.Tensor, with_entropy: bool):
+        _, head = _backbone_and_head(self.model)
+        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        return selective_logprobs(hidden, head, responses, mask, temperature=self.config.temperature,
+                                  with_entropy=with_entropy, chunk_tokens=self.config.logprob_chunk_tokens,
+                                  softcap=getattr(cfg, "final_logit_softcapping", None))
+
+    def _forward(self, query: dict, responses: torch.Tensor, mask: torch.Tensor, *, with_values: bool,
+                 with_entropy: bool = False):
+        """(log-probs, values or None, entropy or None) of ``responses`` given the query."""
+        self._use_adapter(self.policy_adapter)
+        hidden = self._hidden(query, responses, mask)
+        logp, entropy = self._logprobs(hidden, responses, mask, with_entropy)
+        values = self.values(query, responses, mask, policy_hidden=hidden) if with_values else None
         return logp, values, entropy
 
+    def values(self, query: dict, responses: torch.Tensor, mask: torch.Tensor, *, policy_hidden=None):
+        """V at each answer position: the value adapter's pass (or the policy's hidden states when shared)."""
+        if self.config.value_model == "shared":
+            hidden = policy_hidden if policy_hidden is not None else self._hidden(query, responses, mask)
+        else:
+            self._use_adapter(VALUE_ADAPTER)
+            try:
+                hidden = self._hidden(query, responses, mask)
+            finally:
+                self._use_adapter(self.policy_adapter)
+        return self.value_head(hidden) * mask.to(hidden.dtype)
+
     def reference_logprobs(self, query: dict, responses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """log pi_ref: the same weights with the LoRA adapter switched off - no second model in memory."""
+        """log pi_ref: the same weights with every LoRA adapter switched off - no second model in memory."""
         with self.model.disable_adapter():
-            ref, _, _ = self._forward(query, responses, mask, with_values=False)
+            ref, _ = self._logprobs(self._hidden(query, responses, mask), responses, mask, False)
         return ref
 
-    def _slice(self, query: dict, idx: slice) -> dict:
-        return {k: v[idx] for k, v in query.items()}
+    def micro_batches(self, query: dict, responses: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor):
+        """(indices, query, responses, mask) of each micro-batch of rows ``idx``, trimmed of padding."""
+        for start in range(0, len(idx), self.micro_batch):
+            j = idx[start:start + self.micro_batch]
+            q, r, m = trim_micro_batch({k: v[j] for k, v in query.items()}, responses[j], mask[j])
+            yield j, q, r, m
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
-    def rollout(self, batch: list[TrainItem]) -> Rollout:
+    def generate(self, query: dict, first_index: int) -> torch.Tensor:
+        """Sampled answers (B, L), ``generation_batch_size`` prompts at a time. Each chunk's sampling
+        is seeded by the step and the global index of its first item, so the answers do not depend on
+        how many processes share the rollout (with chunks of one)."""
         from transformers import GenerationConfig
 
+        cfg = self.config
+        gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0,
+                               max_new_tokens=cfg.response_len, pad_token_id=self.tokenizer.pad_token_id,
+                               eos_token_id=self.eos_ids)
+        self._use_adapter(self.policy_adapter)
+        was_training = self.model.training
+        self.model.eval()
+        chunks = []
+        n = query["input_ids"].shape[0]
+        for start in range(0, n, self.generation_batch):
+            s = slice(start, start + self.generation_batch)
+            q = {k: v[s] for k, v in query.items()}
+            global_index = first_index + start * self.dist.world
+            torch.manual_seed(cfg.seed * 1_000_003 + self.step * 10_007 + global_index)
+            seq = self.model.generate(**q, generation_config=gen)
+            chunks.append(seq[:, q["input_ids"].shape[1]:])
+        self.model.train(was_training)
+        width = max(max(c.shape[1] for c in chunks), 1)
+        pad = self.tokenizer.pad_token_id
+        return torch.cat([F.pad(c, (0, width - c.shape[1]), value=pad) if c.shape[1] < width else c for c in chunks])
+
+    @torch.no_grad()
+    def rollout(self, batch: list[TrainItem]) -> Rollout:
         cfg = self.config
         query = common.encode_prompts(self.processor, [it.prompt for it in batch],
                                       [it.image for it in batch] if cfg.modality == "image" else None,
                                       max_prompt_len=cfg.max_prompt_len)
         query = {k: v.to(self.device) for k, v in query.items()}
-        gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0,
-                               max_new_tokens=cfg.response_len, pad_token_id=self.tokenizer.pad_token_id,
-                               eos_token_id=self.eos_ids)
-        sequences = self.model.generate(**query, generation_config=gen)
-        responses = sequences[:, query["input_ids"].shape[1]:]
-        if responses.shape[1] == 0:  # every answer ended at once: keep one (EOS) token per row
-            responses = torch.full((len(batch), 1), self.eos_ids[0], device=self.device)
+        responses = self.generate(query, first_index=self.dist.rank)
         mask = response_mask(responses, self.eos_ids)
+        if mask.shape[1] and not mask.any():  # every answer ended at once: keep its EOS token
+            mask[:, 0] = 1
         responses = torch.where(mask.bool(), responses, torch.full_like(responses, self.tokenizer.pad_token_id))
-        logps, refs, values = [], [], []
-        for start in range(0, len(batch), cfg.mini_batch_size):
-            s = slice(start, start + cfg.mini_batch_size)
-            lp, v, _ = self._forward(self._slice(query, s), responses[s], mask[s], with_values=True)
-            ref = self.reference_logprobs(self._slice(query, s), responses[s], mask[s])
-            logps.append(lp), refs.append(ref), values.append(v)
+        logp, ref, values = (torch.zeros(responses.shape, device=self.device) for _ in range(3))
+        for j, q, r, m in self.micro_batches(query, responses, mask, torch.arange(len(batch))):
+            width = r.shape[1]
+            lp, v, _ = self._forward(q, r, m, with_values=True)
+            logp[j, :width], values[j, :width] = lp, v
+            ref[j, :width] = self.reference_logprobs(q, r, m)
         texts = [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()
                  for r, m in zip(responses, mask)]
-        return Rollout(query, responses, mask, torch.cat(logps), torch.cat(refs), torch.cat(values), texts)
+        return Rollout(query, responses, mask, logp, ref, values, texts)
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, batch: list[TrainItem]) -> dict:
-        cfg = self.config
-        t0 = time.perf_counter()
-        ro = self.rollout(batch)
-        t_rollout = time.perf_counter() - t0
+    def _masked_whiten(self, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+        """:func:`masked_whiten` with the mean and variance of the whole batch, over every process."""
+        m = mask.to(x.dtype)
+        n = self.dist.sum(m.sum())
+        mean = self.dist.sum((x * m).sum()) / n.clamp(min=1)
+        var = self.dist.sum((((x - mean) ** 2) * m).sum()) / n.clamp(min=1)
+        if n > 1:
+            var = var * n / (n - 1)
+        white = (x - mean) * torch.rsqrt(var + _EPS)
+        if not shift_mean:
+            white = white + mean
+        return white * m
+
+    def score(self, batch: list[TrainItem], ro: Rollout):
+        """(terminal score per answer incl. bonus and penalty, judge score, raw score, verdicts)."""
         from unsafe_concepts.judges.base import JudgeItem
 
+        cfg = self.config
         verdicts = self.judge.judge([JudgeItem(task=self.task, prompt=it.prompt, response=text)
                                      for it, text in zip(batch, ro.texts)])
         labels = [it.label for it in batch]
-        scores, raw = judge_scores(verdicts, labels, cfg.reward)
+        batch_range = None
+        if cfg.reward == "neg_ce_minmax":  # min-max over the whole rollout, not this process's share
+            raw = torch.log(correct_probs(verdicts, labels).clamp(min=1e-6))
+            batch_range = (self.dist.min(raw.min()), self.dist.max(raw.max()))
+        scores, raw = judge_scores(verdicts, labels, cfg.reward, batch_range=batch_range)
         scores = scores.to(self.device)
-        bonus = length_bonus(ro.mask, cfg.response_len, cfg.length_bonus).to(self.device)
-        terminal = scores + bonus
-        rewards, kl = per_token_rewards(terminal, ro.logp, ro.ref_logp, ro.mask, cfg.kl_coef)
+        terminal = scores + length_bonus(ro.mask, cfg.response_len, cfg.length_bonus).to(self.device)
+        if cfg.missing_eos_penalty:
+            ended = ended_with_eos(ro.responses, ro.mask, self.eos_ids)
+            terminal = terminal + (~ended).to(terminal.dtype) * cfg.missing_eos_penalty
+        return terminal, scores, raw, verdicts
+
+    def train_step(self, batch: list[TrainItem]) -> dict:
+        cfg = self.config
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1_000_003 + self.step * 10_007 + 7 + self.dist.rank)
+        batch = self.local_share(batch)
+        ro = self.rollout(batch)
+        t_rollout = time.perf_counter() - t0
+        terminal, scores, raw, verdicts = self.score(batch, ro)
+        labels = [it.label for it in batch]
+        rewards, kl = per_token_rewards(terminal, ro.logp, ro.ref_logp, ro.mask, cfg.kl_coef, cfg.kl_estimator)
         if cfg.whiten_rewards:
-            rewards = masked_whiten(rewards, ro.mask, shift_mean=False)
+            rewards = self._masked_whiten(rewards, ro.mask, shift_mean=False)
+        else:
+            rewards = rewards * cfg.reward_scale
         advantages, returns = gae(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, ro.mask)
+            advantages = self._masked_whiten(advantages, ro.mask)
 
-        stats: dict[str, list[float]] = {}
+        stats = self.update(ro, advantages, returns)
         n = len(batch)
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(n)
-            for start in range(0, n, cfg.mini_batch_size):
-                idx = order[start:start + cfg.mini_batch_size]
-                query = {k: v[idx] for k, v in ro.query.items()}
-                m = ro.mask[idx]
-                logp, values, entropy = self._forward(query, ro.responses[idx], m, with_values=True, with_entropy=True)
-                pg, pg_stats = policy_loss(logp, ro.logp[idx], advantages[idx], m, cfg.cliprange)
-                vf, vf_stats = value_loss(values, ro.values[idx], returns[idx], m, cfg.cliprange_value)
-                ent = masked_mean(entropy, m)
-                loss = pg + cfg.vf_coef * vf - cfg.entropy_coef * ent
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                for key, val in {"pg_loss": pg.item(), "vf_loss": vf.item(), "entropy": ent.item(),
-                                 "grad_norm": float(grad_norm), **pg_stats, **vf_stats}.items():
-                    stats.setdefault(key, []).append(val)
-
         lengths = ro.mask.sum(1).float()
-        accuracy = sum(v.label == lab for v, lab in zip(verdicts, labels)) / n
         metrics = {
-            "reward": terminal.mean().item(),  # what the policy is trained on (score + length bonus)
+            "reward": terminal.mean().item(),  # what the policy is trained on (score + length bonus + EOS penalty)
             "score": scores.mean().item(),  # judge-based part, after normalisation
             "score_raw": raw.mean().item(),
-            "kl": kl.sum(1).mean().item(),  # k1 per answer, summed over tokens
+            "kl": kl.sum(1).mean().item(),  # the reward's KL estimate per answer, summed over tokens
             "kl_k3": (kl_estimate(ro.logp, ro.ref_logp, "k3") * ro.mask).sum(1).mean().item(),
-            "accuracy": accuracy,
+            "accuracy": sum(v.label == lab for v, lab in zip(verdicts, labels)) / n,
             "unclear_rate": sum(v.label == "unclear" for v in verdicts) / n,
+            "no_eos_rate": (~ended_with_eos(ro.responses, ro.mask, self.eos_ids)).float().mean().item(),
             "response_len": lengths.mean().item(),
-            "lr": self.scheduler.get_last_lr()[0],
             "rollout_s": round(t_rollout, 2),
-            "step_s": round(time.perf_counter() - t0, 2),
-            **{k: sum(v) / len(v) for k, v in stats.items()},
+            **stats,
         }
+        metrics = self.dist.mean_metrics(metrics)
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["step_s"] = round(time.perf_counter() - t0, 2)
         metrics["sample"] = {"prompt": batch[0].prompt, "label": labels[0], "response": ro.texts[0][:300],
                              "verdict": verdicts[0].label}
         return metrics
+
+    def update(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict:
+        """``ppo_epochs`` passes over the rollout; one optimiser step per mini-batch, its gradient
+        accumulated over micro-batches. Each micro-batch's loss is its share of the mini-batch's
+        token-mean loss (its token sum / the mini-batch's token count over every process), so the
+        step is the same as one pass over the whole mini-batch."""
+        cfg = self.config
+        self.model.train()  # dropout is off (p=0); train mode lets gradient checkpointing work
+        n = ro.mask.shape[0]
+        local_mini = cfg.mini_batch_size // self.dist.world
+        totals: dict[str, float] = {}
+        n_updates = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n, device=ro.mask.device)
+            for start in range(0, n, local_mini):
+                idx = order[start:start + local_mini]
+                n_tokens = self.dist.sum(ro.mask[idx].sum().float()).clamp(min=1)
+                self.optimizer.zero_grad(set_to_none=True)
+                step_stats: dict[str, float] = {}
+                for j, q, r, m in self.micro_batches(ro.query, ro.responses, ro.mask, idx):
+                    width = r.shape[1]
+                    share = m.sum().float() / n_tokens
+                    if cfg.value_model == "shared":  # one pass gives both; one backward
+                        self._use_adapter(self.policy_adapter)
+                        hidden = self._hidden(q, r, m)
+                        logp, entropy = self._logprobs(hidden, r, m, True)
+                        values = self.value_head(hidden) * m.to(hidden.dtype)
+                    else:
+                        logp, _, entropy = self._forward(q, r, m, with_values=False, with_entropy=True)
+                    pg, pg_stats = policy_loss(logp, ro.logp[j, :width], advantages[j, :width], m, cfg.cliprange)
+                    ent = masked_mean(entropy, m)
+                    if cfg.value_model != "shared":  # free the policy pass before the value pass
+                        ((pg - cfg.entropy_coef * ent) * share).backward()
+                        values = self.values(q, r, m)
+                    vf, vf_stats = value_loss(values, ro.values[j, :width], returns[j, :width], m,
+                                              cfg.cliprange_value)
+                    if cfg.value_model == "shared":
+                        ((pg + cfg.vf_coef * vf - cfg.entropy_coef * ent) * share).backward()
+                    else:
+                        (cfg.vf_coef * vf * share).backward()
+                    loss = pg + cfg.vf_coef * vf - cfg.entropy_coef * ent
+                    for key, val in {"loss": loss.item(), "pg_loss": pg.item(), "vf_loss": vf.item(),
+                                     "entropy": ent.item(), **pg_stats, **vf_stats}.items():
+                        step_stats[key] = step_stats.get(key, 0.0) + float(val) * float(share)
+                self.dist.sum_gradients(self.params)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                summed = self.dist.sum(torch.tensor(list(step_stats.values()), dtype=torch.float64))
+                for key, val in zip(step_stats, summed.tolist()):
+                    totals[key] = totals.get(key, 0.0) + val
+                totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(grad_norm)
+                n_updates += 1
+        self.model.eval()
+        # already global (summed over processes): identical on every process
+        return {k: v / n_updates for k, v in totals.items()}
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict:
@@ -460,7 +743,7 @@ class PPOTrainer:
             batch = self.batch_for_step(self.step)
             last = self.train_step(batch)
             self.step += 1
-            if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
+            if self.logger and (self.step % cfg.logging_steps == 0 or self.step == self.total_steps):
                 self.logger.log(self.step, epoch=(self.step - 1) // self.steps_per_epoch, **last)
             bar.update(1)
             bar.set_postfix(reward=f"{last['reward']:.3f}", acc=f"{last['accuracy']:.2f}", kl=f"{last['kl']:.3f}",
@@ -476,24 +759,24 @@ class PPOTrainer:
         return self.out / CHECKPOINTS / f"step-{step:06d}"
 
     def save_checkpoint(self) -> Path:
-        """Adapter, value head, optimiser, scheduler, RNG states and step; older checkpoints removed."""
-        from safetensors.torch import save_file
-
+        """Adapters, value head, optimiser, scheduler and step - safetensors and JSON only, nothing
+        pickled; written by the main process, older checkpoints removed."""
         final = self._checkpoint_dir(self.step)
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.model.save_pretrained(tmp / "adapter")
-        save_file(self.value_head.state_dict(), str(tmp / VALUE_HEAD_FILE))
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}, tmp / "trainer_state.pt")
-        common.write_json(tmp / "state.json", {"step": self.step, "total_steps": self.total_steps,
-                                               "config": self.config.to_dict()})
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)  # a checkpoint folder without .tmp is complete
-        for old in (self.out / CHECKPOINTS).glob("step-*"):
-            if old != final and not old.name.endswith(".tmp"):
-                shutil.rmtree(old, ignore_errors=True)
+        if self.dist.is_main:
+            tmp = final.with_name(final.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self.model.save_pretrained(tmp / "adapter")  # policy at the top, the value adapter in value/
+            save_value_head(self.value_head, tmp / VALUE_HEAD_FILE)
+            save_trainer_state(tmp, self.optimizer, self.scheduler)
+            common.write_json(tmp / "state.json", {"step": self.step, "total_steps": self.total_steps,
+                                                   "config": self.config.to_dict()})
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)  # a checkpoint folder without .tmp is complete
+            for old in (self.out / CHECKPOINTS).glob("step-*"):
+                if old != final and not old.name.endswith(".tmp"):
+                    shutil.rmtree(old, ignore_errors=True)
+        self.dist.barrier()
         return final
 
     def latest_checkpoint(self) -> Path | None:
@@ -501,46 +784,142 @@ class PPOTrainer:
                        if not p.name.endswith(".tmp") and (p / "state.json").exists())
         return found[-1] if found else None
 
+    def check_resumable(self) -> Path | None:
+        """The checkpoint to resume from, after checking it fits these settings (changes nothing)."""
+        ckpt = self.latest_checkpoint()
+        if ckpt is None:
+            return None
+        return check_checkpoint(ckpt, self.config, self.out)
+
     def resume(self) -> bool:
         """Restore the latest checkpoint in ``out_dir`` if any; True when resumed."""
-        ckpt = self.latest_checkpoint()
+        ckpt = self.check_resumable()
         if ckpt is None:
             return False
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        state = json.loads((ckpt / "state.json").read_text())
-        saved = state.get("config", {})
-        for key in ("model", "modality", "lora_r", "lora_alpha", "data", "seed", "rollout_batch_size"):
-            if key in saved and saved[key] != getattr(self.config, key):
-                raise UserError(f"{self.out} holds a run with {key}={saved[key]!r}, not {getattr(self.config, key)!r}: "
-                                "use a new --out folder, or the same settings to resume")
-        adapter = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
-        result = set_peft_model_state_dict(self.model, adapter)
-        if getattr(result, "unexpected_keys", None):
-            raise UserError(f"checkpoint {ckpt} does not fit this model: {result.unexpected_keys[:3]}")
+        state = _read_json(ckpt / "state.json")
+        for name, folder in (("default", ckpt / "adapter"), (VALUE_ADAPTER, ckpt / "adapter" / VALUE_ADAPTER)):
+            if name not in getattr(self.model, "peft_config", {}):
+                continue
+            weights = folder / "adapter_model.safetensors"
+            if not weights.exists():
+                raise UserError(f"checkpoint {ckpt} has no {name} adapter ({weights}): use a new --out folder")
+            result = set_peft_model_state_dict(self.model, load_file(str(weights)), adapter_name=name)
+            if getattr(result, "unexpected_keys", None):
+                raise UserError(f"checkpoint {ckpt} does not fit this model: {result.unexpected_keys[:3]}")
         self.value_head.load_state_dict(load_file(str(ckpt / VALUE_HEAD_FILE)))
-        trainer_state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        self.optimizer.load_state_dict(trainer_state["optimizer"])
-        self.scheduler.load_state_dict(trainer_state["scheduler"])
-        torch.set_rng_state(trainer_state["rng"]["torch"])
-        random.setstate(trainer_state["rng"]["python"])
+        load_trainer_state(ckpt, self.optimizer, self.scheduler)
         self.step = int(state["step"])
         # steps logged after this checkpoint were lost with the killed process: drop them, they rerun
-        rows = [r for r in self.logger.rows() if r.get("step", 0) <= self.step]
-        self.logger.path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        if self.logger:
+            rows = [r for r in self.logger.rows() if r.get("step", 0) <= self.step]
+            self.logger.path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         if not self.quiet:
             print(f"resumed from {ckpt} (step {self.step}/{self.total_steps})")
         return True
 
     def save_final(self) -> Path:
-        """The adapter at the top of out_dir (loadable with --adapter), plus the value head."""
-        from safetensors.torch import save_file
-
-        common.save_adapter(self.model, self.out)
-        save_file(self.value_head.state_dict(), str(self.out / VALUE_HEAD_FILE))
+        """The policy adapter at the top of out_dir (loadable with --adapter), plus the value model."""
+        if self.dist.is_main:
+            self.model.save_pretrained(self.out, selected_adapters=[self.policy_adapter])
+            save_value_head(self.value_head, self.out / VALUE_HEAD_FILE)
+            if VALUE_ADAPTER in getattr(self.model, "peft_config", {}):
+                self.model.save_pretrained(self.out / "value_model", selected_adapters=[VALUE_ADAPTER])
+        self.dist.barrier()
         self.save_checkpoint()
         return self.out
+
+
+# ============================================================================ checkpoint files
+RESUME_KEYS = ("model", "modality", "lora_r", "lora_alpha", "data", "seed", "rollout_batch_size", "value_model")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}): not a checkpoint this tool wrote; "
+                        "use a new --out folder") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is not a JSON object: use a new --out folder")
+    return value
+
+
+def check_checkpoint(ckpt: Path, config: PPOConfig, out: Path) -> Path:
+    """``ckpt`` if it can resume ``config``; else a UserError naming the setting or the old format."""
+    if (ckpt / "trainer_state.pt").exists() and not (ckpt / TRAINER_STATE_FILE).exists():
+        raise UserError(f"{ckpt} was written by an older version (trainer_state.pt, a pickle) that is not loaded "
+                        "for safety: start a new --out folder (or delete the checkpoints folder to start over)")
+    saved = _read_json(ckpt / "state.json").get("config", {})
+    for key in RESUME_KEYS:
+        if key in saved and saved[key] != getattr(config, key):
+            raise UserError(f"{out} holds a run with {key}={saved[key]!r}, not {getattr(config, key)!r}: "
+                            "use a new --out folder, or the same settings to resume")
+    return ckpt
+
+
+TRAINER_STATE_FILE = "trainer_state.safetensors"
+TRAINER_STATE_JSON = "trainer_state.json"
+
+
+def save_value_head(head: ValueHead, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(path))
+
+
+def save_trainer_state(folder: Path, optimizer, scheduler) -> None:
+    """Optimiser tensors in safetensors, everything else (hyper-parameters, scheduler) in JSON."""
+    from safetensors.torch import save_file
+
+    opt = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    save_file(tensors, str(folder / TRAINER_STATE_FILE))
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    common.write_json(folder / TRAINER_STATE_JSON, {"param_groups": opt["param_groups"], "scalars": scalars,
+                                                    "scheduler": sched})
+
+
+def load_trainer_state(folder: Path, optimizer, scheduler) -> None:
+    from safetensors.torch import load_file
+
+    meta = _read_json(folder / TRAINER_STATE_JSON)
+    try:
+        tensors = load_file(str(folder / TRAINER_STATE_FILE))
+    except Exception as e:  # noqa: BLE001 - a damaged file is a clear message
+        raise UserError(f"{folder / TRAINER_STATE_FILE} is unreadable ({e}): use a new --out folder") from None
+    state: dict = {}
+    for name, value in list(tensors.items()) + list(meta.get("scalars", {}).items()):
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    groups = meta["param_groups"]
+    for group in groups:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{folder}: optimiser state does not fit this run ({e}): use a new --out folder") from None
+    sched = scheduler.state_dict()
+    sched.update(meta.get("scheduler", {}))
+    scheduler.load_state_dict(sched)
+
+
+def preflight(config: PPOConfig) -> None:
+    """The checks that need no model: a checkpoint in ``out_dir`` must fit these settings."""
+    out = Path(config.out_dir)
+    found = sorted(p for p in (out / CHECKPOINTS).glob("step-*") if not p.name.endswith(".tmp")
+                   and (p / "state.json").exists())
+    if found:
+        check_checkpoint(found[-1], config, out)
 
 
 def train(config: PPOConfig, *, items: list[TrainItem] | None = None, judge=None, quiet: bool = False) -> dict:

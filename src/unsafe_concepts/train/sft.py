@@ -16,6 +16,8 @@ from unsafe_concepts.errors import UserError
 
 @dataclass
 class SFTConfig(common.TrainConfig):
+    CPU_MICRO_BATCH = 4  # short rows (prompt + template answer): 4 per pass on a CPU
+
     learning_rate: float = 3e-5
     max_length: int = 512  # prompt + answer tokens (longer rows are cut at the end)
     gradient_checkpointing: bool = False  # saves memory on GPU; slower

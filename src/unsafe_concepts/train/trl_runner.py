@@ -87,13 +87,16 @@ def to_dataset(rows: list[dict], processor, *, answer_keys: tuple[str, ...], con
 def trl_args(config, cls, **method_kwargs):
     """The TRL config (``cls``: trl.SFTConfig / DPOConfig / GRPOConfig) from our config."""
     dtype = (config.dtype or "").lower()
+    # only a micro-batch in memory; the global batch (config.batch_size) by gradient accumulation
+    micro, accum = common.batch_plan(config, world_size=common.launched_world_size(),
+                                     device=config.device or common.default_device())
     kwargs: dict[str, Any] = dict(
         output_dir=str(Path(config.out_dir) / CHECKPOINT_SUBDIR),
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum_steps,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum,
         warmup_steps=config.warmup_steps,
         lr_scheduler_type="cosine" if config.lr_schedule == "cosine" else "constant_with_warmup",
         weight_decay=config.weight_decay,
@@ -107,6 +110,7 @@ def trl_args(config, cls, **method_kwargs):
         bf16=dtype in ("bfloat16", "bf16"),
         fp16=dtype in ("float16", "fp16"),
         gradient_checkpointing=getattr(config, "gradient_checkpointing", False),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         report_to=[],
         remove_unused_columns=False,  # the image column and GRPO's label column must reach the collator
         dataloader_num_workers=0,
@@ -142,6 +146,7 @@ def _load_adapter_weights(model, checkpoint: str) -> None:
 def run(trainer, config, method: str, *, n_items: int, quiet: bool = False) -> dict:
     """Train (resuming from the last checkpoint in ``<out>/checkpoints``), then save the adapter and
     ``train.json``; returns the record written to ``train.json``."""
+    common.refuse_silent_duplicates(trainer.accelerator.num_processes)
     out = Path(config.out_dir)
     resume = last_checkpoint(out)
     if resume and not quiet:
@@ -157,12 +162,19 @@ def run(trainer, config, method: str, *, n_items: int, quiet: bool = False) -> d
     if "ref" in getattr(model, "peft_config", {}):  # DPO's frozen copy of the initial adapter: not part of the result
         model.delete_adapter("ref")
         model.set_adapter("default")
-    adapter = common.save_adapter(model, out)
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        trainer.save_model(str(out))  # gathers ZeRO-3 partitions; writes on the main process only
+        adapter = out
+    elif trainer.is_world_process_zero():
+        adapter = common.save_adapter(model, out)
+    else:
+        adapter = out
     record = common.run_record(method, config, n_items=n_items, resumed_from=resume,
                                global_step=trainer.state.global_step,
-                               train_metrics=dict(metrics))
+                               train_metrics=dict(metrics), processes=trainer.accelerator.num_processes)
     record["adapter"] = str(adapter)
-    common.write_json(out / "train.json", record)
+    if trainer.is_world_process_zero():
+        common.write_json(out / "train.json", record)
     if not quiet:
         print(f"{method}: {trainer.state.global_step} steps; adapter saved to {adapter}")
     return record
