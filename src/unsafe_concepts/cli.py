@@ -65,6 +65,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {value:g}")
+    return value
+
+
 def temperature(text: str) -> float:
     value = _finite_float(text)
     if value < 0:
@@ -141,7 +148,14 @@ def _add_model_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
                    help="NAME of the environment variable holding the API key (the key itself is never logged)")
     g.add_argument("--dtype", help="torch dtype override (float32, bfloat16, float16); default: automatic")
     g.add_argument("--device", help="device override (cpu, cuda, cuda:1, mps); default: automatic")
-    g.add_argument("--concurrency", type=positive_int, default=8, help="parallel requests for openai: models")
+    g.add_argument("--concurrency", type=positive_int, default=64,
+                   help="parallel requests for openai: models (a server such as vLLM batches them)")
+    g.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
+                   help="openai: models: give up on a request with no answer after this long (default 120); "
+                   "a request that times out twice fails its row")
+    g.add_argument("--device-map", metavar="MAP",
+                   help="hf: models: spread one model over every visible GPU ('auto', through accelerate), for "
+                   "models too large for one device; excludes --device")
     g.add_argument("--text-only", action="store_true",
                    help="treat the model as text only: image tasks are refused, text tasks get no blank image "
                    "(needed for openai: servers of text models, which may silently drop images)")
@@ -342,30 +356,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, help="queries per set, spread over concepts (seeded)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="queries per model call (hf: models)")
     p.set_defaults(func=_handler("unsafe_concepts.train.posteval:cli_posteval"))
-
-    # adversarial robustness (docs/adversarial.md)
-    p = sub.add_parser("attack", help="FGSM/PGD attacks on unsafe images: how often a small perturbation makes "
-                       "the model call them safe")
-    asub = p.add_subparsers(dest="method", metavar="ATTACK", required=True)
-    for method, text in (("fgsm", "one signed-gradient step of size --eps"),
-                         ("pgd", "--steps projected signed-gradient steps in the --eps ball, random start")):
-        q = asub.add_parser(method, help=text)
-        _add_model_args(q)
-        q.add_argument("--data", required=True, help=DATA_HELP)
-        q.add_argument("--split", choices=["all", "train", "test"], default="test",
-                       help="which unsafe images (default: the test split)")
-        q.add_argument("--eps", type=float, default=0.01, help="L-infinity budget in pixel space [0, 1] (default 0.01)")
-        q.add_argument("--limit", type=positive_int, help="attack N images (a seeded sample)")
-        q.add_argument("--steps", type=positive_int, default=10, help="PGD steps (default 10)")
-        q.add_argument("--step-size", type=float, help="PGD step (default 2.5 * eps / steps)")
-        q.add_argument("--prompt-index", type=int, default=0, help="alignment prompt asked (0-4, default 0)")
-        q.add_argument("--seed", type=int, default=0, help="image sample and PGD random start")
-        q.add_argument("--out", required=True, help="run folder (resumed if it exists with the same settings)")
-        q.set_defaults(func=_handler("unsafe_concepts.attack:cli_attack"))
-    q = asub.add_parser("table", help="attack folders side by side, with the reference's published rates")
-    q.add_argument("folders", nargs="+", help="attack run folders")
-    q.add_argument("--reference", help="folder of the reference's {model}_{ATTACK}_eps{eps}.json is_adv lists")
-    q.set_defaults(func=_handler("unsafe_concepts.attack:cli_table"))
 
     # adversarial robustness (docs/adversarial.md)
     p = sub.add_parser("attack", help="FGSM/PGD attacks on unsafe images: how often a small perturbation makes "

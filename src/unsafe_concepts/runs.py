@@ -74,7 +74,9 @@ class RunConfig:
     api_key_env: str = "OPENAI_API_KEY"  # the variable's name; the key itself is never recorded
     dtype: str | None = None
     device: str | None = None
-    concurrency: int = 8
+    concurrency: int = 64  # parallel requests for openai: models (a server batches them)
+    timeout: float | None = None  # per request, openai: models; None: the backend's default
+    device_map: str | None = None  # hf: models over several GPUs ("auto")
     text_only: bool = False
     scoring: str = "generate"
     suite: str | None = None
@@ -426,6 +428,7 @@ def load_backend(config: RunConfig):
     quiet_loading()
     return load_model(config.model, adapter=config.adapter, base_url=config.base_url, api_key_env=config.api_key_env,
                       dtype=config.dtype, device=config.device, concurrency=config.concurrency,
+                      timeout=config.timeout, device_map=config.device_map,
                       text_only=config.text_only)
 
 
@@ -678,6 +681,7 @@ def config_from_args(args, *, task: str | None = None, model: str | None = None)
                      judge=args.judge, llava_judge=getattr(args, "llava_judge", None), base_url=args.base_url,
                      api_key_env=args.api_key_env, dtype=args.dtype, device=args.device,
                      concurrency=args.concurrency, text_only=args.text_only,
+                     timeout=getattr(args, "timeout", None), device_map=getattr(args, "device_map", None),
                      scoring=getattr(args, "scoring", None) or "generate")
 
 

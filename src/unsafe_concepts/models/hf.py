@@ -33,6 +33,11 @@ DTYPE_NAMES = {
     "float16": "float16", "fp16": "float16", "half": "float16",
 }
 
+try:  # a corrupt .safetensors file raises this, not an OSError
+    from safetensors import SafetensorError as _SafetensorError
+except ImportError:  # pragma: no cover - safetensors always comes with transformers
+    _SafetensorError = OSError
+
 # Prompts are rebuilt at most this often when they must be shortened to fit the context window.
 _TRUNCATION_ROUNDS = 4
 
@@ -117,8 +122,12 @@ def load_hf_model(
     adapter_trainable: bool = False,
     trust_remote_code: bool = False,
     prompt_format: str | None = None,
+    device_map: str | None = None,
 ):
     """Load a model and its processor: ``(model, processor)``, model in eval mode on the chosen device.
+
+    ``device_map`` (e.g. "auto") spreads one model over every visible GPU (and CPU memory if needed)
+    through accelerate, for models too large for one device; it replaces ``device``.
 
     VLMs (a config known to ``AutoModelForImageTextToText`` whose folder has an image processor)
     come with an ``AutoProcessor``; text-only LMs with an ``AutoTokenizer``. The tokenizer pads on
@@ -137,8 +146,11 @@ def load_hf_model(
     )
 
     source = resolve_source(spec_or_path)
+    if device_map and device:
+        raise UserError("--device-map and --device exclude each other: --device-map places the model itself")
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
+    placement = {"device_map": device_map} if device_map else {}
     # Passed explicitly even when False: transformers would otherwise ask on the terminal.
     remote = {"trust_remote_code": bool(trust_remote_code)}
     try:
@@ -156,11 +168,11 @@ def load_hf_model(
             processor = None  # a VLM architecture shipped without an image processor: use it as text-only
     try:
         if processor is not None:
-            model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype, **remote)
+            model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype, **remote, **placement)
         else:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **remote)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **remote, **placement)
             processor = AutoTokenizer.from_pretrained(source, **remote)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, _SafetensorError) as e:
         raise UserError(_load_error(spec_or_path, e, trust_remote_code)) from None
 
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -168,7 +180,8 @@ def load_hf_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     inputs.configure(processor, prompt_format=prompt_format, model_type=config.model_type)
-    model.to(dev)
+    if not device_map:
+        model.to(dev)
     model.eval()
     if adapter:
         model = _load_adapter(model, adapter, trainable=adapter_trainable)
@@ -194,10 +207,17 @@ def _load_adapter(model, adapter: str | Path, *, trainable: bool):
     path = Path(adapter).expanduser()
     if path.exists() and not (path / "adapter_config.json").exists():
         raise UserError(f"adapter folder {path} has no adapter_config.json (expected a PEFT adapter)")
+    config_file = path / "adapter_config.json"
+    if config_file.is_file():
+        try:
+            json.loads(config_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"adapter {adapter!r}: adapter_config.json is not valid JSON ({e})") from None
     try:
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise UserError(f"cannot load adapter {adapter!r} on this model: {e}") from None
+    except (OSError, ValueError, KeyError, RuntimeError, _SafetensorError) as e:
+        what = "its weights file is corrupt: " if isinstance(e, _SafetensorError) else ""
+        raise UserError(f"cannot load adapter {adapter!r} on this model: {what}{e}") from None
 
 
 # --------------------------------------------------------------------------- backend
@@ -217,13 +237,16 @@ class HFBackend(ModelBackend):
         merge_adapter: bool = True,
         trust_remote_code: bool = False,
         prompt_format: str | None = None,
+        device_map: str | None = None,
     ):
         self.spec = spec
+        self.device_map = device_map
         self.adapter = str(adapter) if adapter else None
         self.source = resolve_source(spec)
         self.trust_remote_code = bool(trust_remote_code)
         self.model, self.processor = load_hf_model(spec, dtype=dtype, device=device, adapter=adapter,
-                                                   trust_remote_code=trust_remote_code, prompt_format=prompt_format)
+                                                   trust_remote_code=trust_remote_code, prompt_format=prompt_format,
+                                                   device_map=device_map)
         if adapter and merge_adapter:
             # Inference only: folding the LoRA weights in makes generation as fast as the base model.
             self.model = self.model.merge_and_unload()
@@ -257,6 +280,10 @@ class HFBackend(ModelBackend):
             "trust_remote_code": self.trust_remote_code,
             "prompt_format": inputs.prompt_format(self.processor),
         }
+        if self.device_map:
+            out["device_map"] = self.device_map
+            out["devices"] = sorted({str(d) for d in (getattr(self.model, "hf_device_map", None) or {}).values()}) or [
+                str(self.model.device)]
         out.update(self.labels)
         return out
 
@@ -458,9 +485,10 @@ class HFBackend(ModelBackend):
             # generate() with one new token is exactly one forward pass, and it prepares the inputs
             # (positions under left padding, image features, M-RoPE) as each architecture needs;
             # output_logits gives the raw logits, before any logits processor.
+            gen = self._gen_config(one_step)
+            gen.output_logits, gen.return_dict_in_generate = True, True
             with torch.inference_mode():
-                out = self.model.generate(**inputs, generation_config=self._gen_config(one_step),
-                                          output_logits=True, return_dict_in_generate=True)
+                out = self.model.generate(**inputs, generation_config=gen)
             log_probs = torch.log_softmax(out.logits[0].float(), dim=-1)
             for (pos, _, _), row in zip(kept, log_probs):
                 results[pos] = scoring.from_log_probs(row, token_ids)

@@ -149,7 +149,7 @@ class OpenAIBackend(ModelBackend):
         *,
         base_url: str | None,
         api_key_env: str = "OPENAI_API_KEY",
-        concurrency: int = 8,
+        concurrency: int = 64,
         timeout: float = 120.0,
         max_retries: int = 5,
         supports_images: bool = True,

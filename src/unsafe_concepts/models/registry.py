@@ -22,19 +22,25 @@ def load_model(
     api_key_env: str = "OPENAI_API_KEY",
     dtype: str | None = None,
     device: str | None = None,
-    concurrency: int = 8,
+    concurrency: int = 64,
     text_only: bool = False,
     trust_remote_code: bool = False,
     prompt_format: str | None = None,
+    timeout: float | None = None,
+    device_map: str | None = None,
 ) -> ModelBackend:
     """The backend a model spec names. Unknown specs raise a UserError listing the valid forms.
 
     ``trust_remote_code`` (off by default) lets an ``hf:`` model run the Python code its folder
-    ships; ``prompt_format`` picks how ``hf:`` prompts are wrapped (``models.inputs.PROMPT_FORMATS``)."""
+    ships; ``prompt_format`` picks how ``hf:`` prompts are wrapped (``models.inputs.PROMPT_FORMATS``).
+    ``timeout`` is the per-request timeout of ``openai:`` models in seconds (None: the backend's
+    default); ``device_map`` (e.g. "auto") spreads an ``hf:`` model over several GPUs."""
     spec = (spec or "").strip()
     if spec.startswith("openai:"):
         if adapter:
             raise UserError("--adapter applies to hf: models only (an openai: model is served elsewhere)")
+        if device_map:
+            raise UserError("--device-map applies to hf: models only (an openai: server places its own model)")
         if trust_remote_code or prompt_format not in (None, "auto"):
             raise UserError("--trust-remote-code and --prompt-format apply to hf: models only "
                             "(an openai: server applies its own chat template)")
@@ -45,13 +51,15 @@ def load_model(
 
         # A server cannot tell us whether its model sees images (transformers serve silently drops
         # them for a text-only model), so the user says so with --text-only.
+        extra = {"timeout": timeout} if timeout is not None else {}
         return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
-                             supports_images=not text_only)
+                             supports_images=not text_only, **extra)
     if spec.startswith("hf:") or spec in OFFLINE_ALIASES:
         from unsafe_concepts.models.hf import HFBackend  # lazy: torch/transformers only when needed
 
         backend = HFBackend(spec, adapter=adapter, dtype=dtype, device=device,
-                            trust_remote_code=trust_remote_code, prompt_format=prompt_format)
+                            trust_remote_code=trust_remote_code, prompt_format=prompt_format,
+                            device_map=device_map)
         if text_only:
             backend.supports_images = False
         return backend
