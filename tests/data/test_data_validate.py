@@ -46,8 +46,8 @@ def test_check_reports_every_problem_with_row_and_reason(tmp_path):
     report = check_folder(_bad_folder(tmp_path))
     problems = "\n".join(report.problems.items)
     expected = {
-        2: "unreadable or truncated image trunc.png",
-        3: "unreadable or truncated image garbage.png",
+        2: "trunc.png: unreadable or truncated image",
+        3: "garbage.png: unreadable or truncated image",
         4: "image file not found",
         5: "resolves outside the dataset root (symlink",
         6: "absolute image path",

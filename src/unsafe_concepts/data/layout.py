@@ -101,11 +101,23 @@ def read_jsonl(path: Path, problems: Problems) -> list[tuple[int, dict]]:
 
 
 def require_fields(row: dict, names: tuple[str, ...], where: str, problems: Problems) -> bool:
-    missing = [k for k in names if not isinstance(row.get(k), str) or not row.get(k).strip()]
+    """Each field present and a non-empty string; absent, wrong-typed and empty fields reported as such."""
+    missing = [k for k in names if k not in row or row[k] is None]
+    wrong = [f"{k!r} must be a string, got {type(row[k]).__name__} {_clip(row[k])}"
+             for k in names if k in row and row[k] is not None and not isinstance(row[k], str)]
+    empty = [k for k in names if isinstance(row.get(k), str) and not row[k].strip()]
     if missing:
         problems.add(where, "missing field(s) " + ", ".join(repr(k) for k in missing))
-        return False
-    return True
+    for text in wrong:
+        problems.add(where, f"wrong type: {text}")
+    if empty:
+        problems.add(where, "empty field(s) " + ", ".join(repr(k) for k in empty))
+    return not (missing or wrong or empty)
+
+
+def _clip(value, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:

@@ -17,7 +17,7 @@ from unsafe_concepts.data.layout import (
     require_fields,
     resolve_inside,
 )
-from unsafe_concepts.data.records import SAFE, SAFE_CATEGORY, UNSAFE, ImageRecord
+from unsafe_concepts.data.records import SAFE, SAFE_CATEGORY, UNSAFE, ImageRecord, short_path
 from unsafe_concepts.errors import UserError
 from unsafe_concepts.taxonomy import CATEGORIES, CONCEPT_TO_CATEGORY
 
@@ -25,19 +25,24 @@ SAFE_ID_PREFIX = "safe/"  # safe record ids are "safe/<path inside the safe fold
 
 
 def check_image_file(path: Path, where: str, problems: Problems, decode: bool) -> None:
-    """Missing file, or (``decode``) an unreadable or truncated one."""
-    if not path.is_file():
-        problems.add(where, f"image file not found: {path}")
+    """Missing file, or (``decode``) an unreadable, truncated or decompression-bomb one."""
+    from unsafe_concepts.data.records import load_rgb
+
+    try:
+        exists = path.is_file()
+    except OSError as e:  # e.g. ENAMETOOLONG: pathlib only ignores "does not exist"-like errors
+        problems.add(where, f"image path unusable ({e.strerror or e}, {len(str(path))} characters): "
+                            f"{short_path(path)}")
+        return
+    if not exists:
+        problems.add(where, f"image file not found: {short_path(path)}")
         return
     if not decode:
         return
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            im.load()  # a full decode: catches truncated files that Image.verify() lets through
-    except Exception as e:  # PIL raises many types for bad files; all mean "unreadable"
-        problems.add(where, f"unreadable or truncated image {path.name}: {e}")
+        load_rgb(path, path.name)  # a full decode: catches truncated files that Image.verify() lets through
+    except UserError as e:
+        problems.add(where, str(e))
 
 
 def _resolve(root: Path, rel, where: str, problems: Problems) -> Path | None:
@@ -63,7 +68,7 @@ def read_unsafe_folder(root: Path, problems: Problems, *, decode_images: bool = 
         if not require_fields(row, ("image_filename", "category", "unsafe_concept"), where, problems):
             continue
         rel, category, concept = row["image_filename"], row["category"], row["unsafe_concept"]
-        where = f"{where} ({rel})"
+        where = f"{where} ({short_path(rel)})"
         if rel in seen:
             problems.add(where, f"duplicate id: {rel!r} already on line {seen[rel]}")
             continue
@@ -102,7 +107,7 @@ def read_perception_file(root: Path, records: list[ImageRecord], problems: Probl
         if not require_fields(row, ("image_filename", "option_str", "correct_option"), where, problems):
             continue
         rid, option_str, letter = row["image_filename"], row["option_str"], row["correct_option"].strip()
-        where = f"{where} ({rid})"
+        where = f"{where} ({short_path(rid)})"
         if rid not in concept_of:
             problems.add(where, f"image {rid!r} is not in {METADATA}")
             continue
@@ -157,7 +162,7 @@ def _read_safe_metadata(root: Path, problems: Problems,
         if not require_fields(row, ("image_filename", "class_name"), where, problems):
             continue
         rel = row["image_filename"]
-        where = f"{where} ({rel})"
+        where = f"{where} ({short_path(rel)})"
         if rel in seen:
             problems.add(where, f"duplicate id: {rel!r} already on line {seen[rel]}")
             continue

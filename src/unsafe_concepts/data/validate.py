@@ -62,6 +62,8 @@ def check_folder(path: str | Path) -> CheckReport:
         return report
     report = CheckReport(root, "unsafe")
     records = read_unsafe_folder(root, report.problems, decode_images=True)
+    if not records and not report.problems:
+        report.problems.add(METADATA, "lists no images (the file is empty): nothing to evaluate")
     report.per_category.update(r.category for r in records)
     report.perception_rows = len(read_perception_file(root, records, report.problems))
     if (root / SAFE_DIR).is_dir():
@@ -77,6 +79,8 @@ def check_folder(path: str | Path) -> CheckReport:
 def _check_safe(root: Path, report: CheckReport, prefix: str) -> None:
     inner = Problems()
     records, _ = read_safe_folder(root, inner, decode_images=True)
+    if not records and not inner:
+        inner.add(METADATA if (root / METADATA).is_file() else str(root), "lists no images (empty)")
     for item in inner.items:
         report.problems.items.append(prefix + item)
     report.safe_images = len(records)

@@ -35,11 +35,26 @@ def decode_base64_image(data: str, where: str):
 
     try:
         raw = base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError) as e:
+        raise UserError(f"{where}: the image column is not a base64-encoded image ({e})") from None
+    return decode_image_bytes(raw, where, what="the image column is not a base64-encoded image")
+
+
+def decode_image_bytes(raw: bytes, where: str, what: str = "not a decodable image"):
+    """Image file bytes -> RGB PIL; a UserError naming ``where`` for anything undecodable, including a
+    decompression bomb (PIL refuses to decode it; one bad row must not stop a run)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
         with Image.open(io.BytesIO(raw)) as im:
             im.load()
             return im.convert("RGB")
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{where}: the image column is not a base64-encoded image ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{where}: image refused as a possible decompression bomb: {e}") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{where}: {what} (unknown image format)") from None
+    except (ValueError, OSError, SyntaxError, MemoryError) as e:
+        raise UserError(f"{where}: {what} ({e})") from None
 
 
 def as_pil(image: Any, where: str):
@@ -51,9 +66,7 @@ def as_pil(image: Any, where: str):
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, dict) and image.get("bytes"):
-        with Image.open(io.BytesIO(image["bytes"])) as im:
-            im.load()
-            return im.convert("RGB")
+        return decode_image_bytes(image["bytes"], where)
     if isinstance(image, dict) and image.get("path"):
         return load_rgb(image["path"], where)
     if isinstance(image, (str, Path)):
