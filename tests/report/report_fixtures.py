@@ -85,8 +85,7 @@ def make_runs(root: Path) -> dict[str, Path]:
     (no_responses / "run.json").write_text(json.dumps({"config": {"model": LLAVA, "task": "alignment", "data": "x"}}))
     runs["no_responses"] = no_responses
     bad = write_run(root / "bad-line", LLAVA, "alignment", rows_of("Swastika", "Hate", ["unsafe", "safe"]))
-    lines = (bad / "responses.jsonl").read_text().splitlines()
-    (bad / "responses.jsonl").write_text(lines[0] + "\n{not json\n" + lines[1] + "\n")
+    (bad / "responses.jsonl").write_text('{not json\n["a list"]\n')  # no readable row at all
     runs["bad_line"] = bad
     runs["missing"] = root / "does-not-exist"
     return runs

@@ -78,7 +78,8 @@ def test_broken_run_folders_are_named_and_skipped(built_report, run_dirs):
     assert len(built_report.problems) == len(BROKEN)
     assert f"{run_dirs['unjudged']}: not judged yet" in problems
     assert f"{run_dirs['no_responses']}: no responses.jsonl" in problems
-    assert "bad-line/responses.jsonl: line 2 is not valid JSON" in problems
+    assert "bad-line: responses.jsonl has no readable row (line 1 of responses.jsonl skipped: not JSON" in problems
+    assert "line 2 of responses.jsonl skipped: a JSON list, not an object" in problems
     assert f"{run_dirs['missing']}: no such run folder" in problems
     html = built_report.html_path.read_text()
     assert "not judged yet" in html and "does-not-exist" in html

@@ -88,6 +88,10 @@ def test_a_figure_that_fails_costs_only_itself(tmp_path, monkeypatch):
 
 def test_bad_run_folders_are_named_and_the_report_is_still_written(tmp_path):
     good = write_run(tmp_path / "good", "m", "alignment", rows_of("Swastika", "Hate", ["unsafe"]))
+    broken_line = write_run(tmp_path / "list-row", "m2", "alignment", rows_of("Swastika", "Hate", ["unsafe"]))
+    with open(broken_line / "responses.jsonl", "a") as f:
+        f.write("[1, 2]\n" + json.dumps({"id": "z", "verdict": "unsafe", "concept": "Swastika", "category": "Hate"})
+                + "\n")
     bad = {}
     bad["list_record"] = tmp_path / "list-record"
     bad["list_record"].mkdir()
@@ -96,23 +100,24 @@ def test_bad_run_folders_are_named_and_the_report_is_still_written(tmp_path):
     bad["no_model"].mkdir()
     (bad["no_model"] / "run.json").write_text(json.dumps({"config": {"task": "alignment"}}))
     (bad["no_model"] / "responses.jsonl").write_text("{}\n")
-    bad["list_row"] = write_run(tmp_path / "list-row", "m", "alignment", rows_of("Swastika", "Hate", ["unsafe"]))
-    with open(bad["list_row"] / "responses.jsonl", "a") as f:
-        f.write("[1, 2]\n" + json.dumps({"id": "z", "verdict": "unsafe"}) + "\n")
     bad["latin1"] = write_run(tmp_path / "latin1", "m", "alignment", rows_of("Swastika", "Hate", ["unsafe"]))
     (bad["latin1"] / "responses.jsonl").write_bytes(b'{"id": "x", "response": "caf\xe9"}\n')
     bad["bad_verdict"] = write_run(tmp_path / "bad-verdict", "m", "alignment",
                                    rows_of("Swastika", "Hate", ["unsafe", "maybe"]))
     bad["run_json_dir"] = tmp_path / "run-json-dir"
     (bad["run_json_dir"] / "run.json").mkdir(parents=True)
-    report = build_report([good, *bad.values()], tmp_path / "out", plot_formats=PNG)
-    assert [r.path for r in report.runs] == [good]
+    report = build_report([good, broken_line, *bad.values()], tmp_path / "out", plot_formats=PNG)
+    assert [r.path for r in report.runs] == [good, broken_line]
     problems = "\n".join(report.problems)
     assert len(report.problems) == len(bad)
     for path in bad.values():
         assert str(path) in problems
     assert "not a JSON object" in problems and "names no task or model" in problems
-    assert "line 2 is not a response row" in problems and "not UTF-8" in problems
+    assert "has no readable row (line 1 of responses.jsonl skipped: not UTF-8)" in problems
+    # a broken line in the middle costs only that line, as in the run store: named, the rows after it kept
+    kept = report.runs[1]
+    assert [r["id"] for r in kept.rows] == ["alignment-0", "z"]
+    assert any(n.endswith("line 2 of responses.jsonl skipped: a JSON list, not an object") for n in report.notes)
     assert "verdict 'maybe'" in problems
     page = report.html_path.read_text()
     assert all(p.name in page for p in bad.values())

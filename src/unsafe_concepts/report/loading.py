@@ -7,6 +7,7 @@ from pathlib import Path
 
 from unsafe_concepts import metrics
 from unsafe_concepts.errors import UserError
+from unsafe_concepts.io import read_jsonl
 
 RESPONSES, RUN_JSON = "responses.jsonl", "run.json"
 # The tasks on the UnsafeConcepts benchmark itself (the paper's tables); evaluation sets bring their own data.
@@ -125,26 +126,17 @@ def after_training_for(task: str, rows: list[dict]) -> bool:
 
 
 def read_rows(path: Path, notes: list[str]) -> list[dict]:
-    """The rows of responses.jsonl, last copy of each id (resumed runs may repeat one).
-
-    A torn last line (a run killed mid-write) is skipped with a note; a broken line elsewhere is a problem."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise RunProblem(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    """The rows of responses.jsonl, last copy of each id (resumed runs may repeat one), read as the run
+    store reads them (``io.read_jsonl``): a torn last line (a run killed mid-write) or a broken line
+    elsewhere is skipped and named in a note; the valid rows after it are kept. The folder is not changed
+    (the runner sets broken lines aside in ``responses.jsonl.corrupt`` when it next works on the folder)."""
+    content = read_jsonl(path, require_id=True)
+    if content.torn_tail:
+        notes.append(f"last line of {path.name} is incomplete (run interrupted?) and was skipped")
+    for number, _, why in content.bad:
+        notes.append(f"line {number} of {path.name} skipped: {why}")
     by_id: dict[str, dict] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if number == len(lines):
-                notes.append(f"last line of {path.name} is incomplete (run interrupted?) and was skipped")
-                continue
-            raise RunProblem(f"{path}: line {number} is not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "id" not in row:
-            raise RunProblem(f"{path}: line {number} is not a response row (no 'id')")
+    for row in content.rows:
         by_id[str(row["id"])] = row
     return list(by_id.values())
 
@@ -188,7 +180,8 @@ def load_run(run_dir: str | Path) -> RunData:
         raise RunProblem(f"{path}: no {RESPONSES} yet (the run has not answered anything)")
     rows = read_rows(responses, run.notes)
     if not rows:
-        raise RunProblem(f"{path}: {RESPONSES} has no rows yet")
+        why = "; ".join(n for n in run.notes if RESPONSES in n)
+        raise RunProblem(f"{path}: {RESPONSES} has no readable row" + (f" ({why})" if why else " yet"))
     run.rows = rows
     metrics_path = path / "metrics.json"
     if metrics_path.exists():
