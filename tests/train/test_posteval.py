@@ -99,3 +99,16 @@ def test_posteval_command(tiny_llava_dir, tmp_path):
     record = json.loads((out / "mme" / "run.json").read_text())
     assert record["config"]["adapter"] is None and json.loads((out / "mme" / "metrics.json").read_text())["n"] == 2
     assert main(["posteval", "--model", "smollm2-135m", "--out", str(out), "--unsafeconcepts", "none"]) == 2
+
+
+def test_posteval_flags_default_to_the_config_dataclass():
+    from dataclasses import fields
+
+    from unsafe_concepts.cli import build_parser
+
+    args = build_parser().parse_args(["posteval", "--model", "m", "--out", "o"])
+    defaults = {f.name: f.default for f in fields(PostEvalConfig)}
+    for name in ("unsafeconcepts", "modality", "max_new_tokens", "temperature", "top_p", "seed", "batch_size",
+                 "pairing", "api_key_env", "concurrency", "limit", "judge", "general"):
+        assert getattr(args, name) == defaults[name], name
+    assert (not args.sample) == defaults["greedy"]

@@ -28,7 +28,9 @@ class PostEvalConfig:
     out_dir: str
     adapter: str | None = None
     # sources (None = skip the set)
-    unsafeconcepts: str | None = None  # dataset spec for UnsafeConcepts_TEST ("sample", a folder, "hf"), or "heldout-text"
+    # dataset spec for UnsafeConcepts_TEST: "sample" (the offline synthetic sample, announced), a folder, "hf",
+    # or "heldout-text"; None skips it
+    unsafeconcepts: str | None = "sample"
     modality: str = "image"  # UnsafeConcepts_TEST modality: image or text
     safe_data: str | None = None
     mme: str | None = None
@@ -52,8 +54,10 @@ class PostEvalConfig:
     device: str | None = None
     base_url: str | None = None  # for openai: models
     api_key_env: str = "OPENAI_API_KEY"  # the variable's name; the key itself is never stored
-    concurrency: int = 8  # parallel requests for openai: models
+    concurrency: int = 64  # parallel requests for openai: models (the client's default)
     text_only: bool = False  # the model cannot see images (see `evaluate --text-only`)
+    timeout: float | None = None  # per request, openai: models; None: the backend's default
+    device_map: str | None = None  # hf: models over several GPUs ("auto")
 
     def validate(self) -> None:
         if self.modality not in ("image", "text"):
@@ -89,6 +93,7 @@ class PostEvalConfig:
                          limit=self.limit, pairing=self.pairing, batch_size=self.batch_size, judge=self.judge,
                          llava_judge=self.llava_judge, base_url=self.base_url, api_key_env=self.api_key_env,
                          dtype=self.dtype, device=self.device, concurrency=self.concurrency,
+                         timeout=self.timeout, device_map=self.device_map,
                          text_only=self.text_only, scoring=scoring, suite="posteval")
 
 
