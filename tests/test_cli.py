@@ -154,7 +154,6 @@ def test_out_of_range_values_are_refused_before_anything_is_written(flags, messa
 
 
 @pytest.mark.parametrize("argv", [
-    ["report", "r", "--out", "o", "--n-boot", "0"],
     ["judge", "train", "--data", "d", "--out", "o", "--epochs", "0"],
     ["train", "ppo", "--model", "smollm2-135m", "--out", "o", "--max-steps", "0"],
     ["posteval", "--model", "smollm2-135m", "--out", "o", "--limit", "0"],
