@@ -136,7 +136,6 @@ def load_hf_model(
     (``auto_map`` in its config: e.g. CogVLM, InternLM-XComposer2); without it such a model is
     refused with a message that says so. ``prompt_format`` (see ``models.inputs.PROMPT_FORMATS``)
     is recorded on the processor, so every later encoding uses it."""
-    from unsafe_concepts.models import inputs
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -175,17 +174,25 @@ def load_hf_model(
     except (OSError, ValueError, _SafetensorError) as e:
         raise UserError(_load_error(spec_or_path, e, trust_remote_code)) from None
 
-    tokenizer = getattr(processor, "tokenizer", processor)
-    tokenizer.padding_side = "left"  # generation continues from the right end of every row
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    inputs.configure(processor, prompt_format=prompt_format, model_type=config.model_type)
+    prepare_processor(processor, prompt_format=prompt_format, model_type=config.model_type)
     if not device_map:
         model.to(dev)
     model.eval()
     if adapter:
         model = _load_adapter(model, adapter, trainable=adapter_trainable)
     return model, processor
+
+
+def prepare_processor(processor, *, prompt_format: str | None = None, model_type: str | None = None) -> None:
+    """Left padding (generation continues from the right end of every row), a pad token, and the
+    prompt format recorded for the shared input builder (``models/inputs.py``)."""
+    from unsafe_concepts.models import inputs
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    inputs.configure(processor, prompt_format=prompt_format, model_type=model_type)
 
 
 def _remote_vlm(config, trust_remote_code: bool) -> bool:
@@ -250,6 +257,22 @@ class HFBackend(ModelBackend):
         if adapter and merge_adapter:
             # Inference only: folding the LoRA weights in makes generation as fast as the base model.
             self.model = self.model.merge_and_unload()
+        self._attach(batch_size)
+
+    @classmethod
+    def from_loaded(cls, model, processor, *, spec: str, batch_size: int = 16,
+                    prompt_format: str | None = None) -> "HFBackend":
+        """A backend around a model already in memory (e.g. built from a config by
+        ``benchmarks/gpu_check.py``); the processor is prepared as ``load_hf_model`` does."""
+        self = cls.__new__(cls)
+        self.spec, self.source, self.adapter, self.device_map, self.trust_remote_code = spec, spec, None, None, False
+        prepare_processor(processor, prompt_format=prompt_format, model_type=model.config.model_type)
+        self.model, self.processor = model.eval(), processor
+        self._attach(batch_size)
+        return self
+
+    def _attach(self, batch_size: int) -> None:
+        """What the backend derives from its model and processor."""
         self.batch_size = max(1, int(batch_size))
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.supports_images = self.processor is not self.tokenizer
