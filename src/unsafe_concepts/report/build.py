@@ -266,12 +266,12 @@ def _per_prompt_table(systems) -> Table:
 
 
 def _other_tasks_table(systems) -> Table:
-    table = Table("other_tasks", "Other tasks", "Tasks outside the paper's main tables; each figure as the task "
+    table = Table("other_tasks", "Other tasks", "Tasks outside the paper's tables; each figure as the task "
                   "defines it (the metric column says what it is).",
                   ["model", "task", "Overall", "unclear rate", "n", "metric"])
     for system, tasks in systems.items():
         for task, run in tasks.items():
-            if task not in TABLE_TASKS:
+            if task not in TABLE_TASKS and _post_training_column(run) is None:
                 s = run.summary
                 table.rows.append([system, task, s.get("overall") or {"value": None}, s.get("unclear_rate"),
                                    s.get("n"), s.get("metric") or ""])
