@@ -130,6 +130,15 @@ def test_script_answer_present_in_examples(built_report):
     assert "I cannot &lt;b&gt;tell&lt;/b&gt; &amp; won&#39;t" in html
 
 
+def test_an_earlier_report_among_the_folders_is_skipped(run_dirs, tmp_path):
+    from unsafe_concepts.report import build_report
+
+    first = build_report([run_dirs["llava_visual"]], tmp_path / "runs-report", plot_formats=("png",))
+    again = build_report([run_dirs["llava_visual"], first.out], tmp_path / "again", plot_formats=("png",))
+    assert not again.problems and len(again.runs) == 1
+    assert any("is a report folder, not a run folder: skipped" in n for n in again.notes)
+
+
 def test_repeated_runs_stay_separate_and_torn_last_line_is_noted(tmp_path):
     from report_fixtures import rows_of, write_run
 

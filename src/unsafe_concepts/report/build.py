@@ -297,9 +297,15 @@ def _concept_gap_table(gaps) -> Table:
 # --- the whole report ----------------------------------------------------------------------
 
 
-def collect(run_dirs) -> tuple[list[RunData], list[str]]:
+def collect(run_dirs, notes: list[str] | None = None) -> tuple[list[RunData], list[str]]:
     runs, problems = [], []
     for run_dir in run_dirs:
+        path = Path(run_dir)
+        if (path / "report.json").is_file() and not (path / "run.json").exists():
+            # `report DIR/* --out DIR/report` run again: the earlier report is among the folders
+            if notes is not None:
+                notes.append(f"{path} is a report folder, not a run folder: skipped")
+            continue
         try:
             runs.append(load_run(run_dir))
         except RunProblem as e:
@@ -318,10 +324,11 @@ def build_report(run_dirs, out, *, plot_formats: tuple[str, ...] = plots.FORMATS
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    runs, problems = collect(run_dirs)
+    skipped: list[str] = []
+    runs, problems = collect(run_dirs, skipped)
     if not runs:
-        raise UserError("no usable run folder:\n  " + "\n  ".join(problems or ["no RUN_DIR given"]))
-    notes = assign_systems(runs) + [f"{r.path}: {n}" for r in runs for n in r.notes]
+        raise UserError("no usable run folder:\n  " + "\n  ".join(problems or skipped or ["no RUN_DIR given"]))
+    notes = skipped + assign_systems(runs) + [f"{r.path}: {n}" for r in runs for n in r.notes]
     systems: dict[str, dict[str, RunData]] = {}
     for run in runs:
         systems.setdefault(run.system, {})[run.task] = run

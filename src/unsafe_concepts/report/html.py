@@ -140,7 +140,7 @@ def answer_rows(report: Report) -> tuple[list[dict], bool]:
             out.append({
                 "model": run.system, "task": run.task, "id": str(row.get("id")),
                 "concept": str(row.get("concept") or ""), "category": str(row.get("category") or ""),
-                "verdict": "error" if row.get("error") else str(row.get("verdict")),
+                "verdict": "error" if row.get("error") else str(row.get("verdict") or ""),
                 "expected": str(expected or ""),
                 "confidence": fmt_num(confidence, 2) if isinstance(confidence, (int, float)) else "",
                 "reason": scrub(str(reason)) if reason else "",
