@@ -9,6 +9,7 @@ different model behind the same spec, is refused. Everything is validated before
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -213,6 +214,18 @@ class RunStore:
         except OSError as e:
             raise explain_os_error(e, self.responses) from None
 
+    def merge_shards(self) -> int:
+        """Move the rows of a multi-process run's shard files (``responses.rank<R>.jsonl``) into
+        ``responses.jsonl``, then remove the shards; returns how many rows moved."""
+        moved = 0
+        for shard in sorted(self.dir.glob("responses.rank*.jsonl")):
+            content = read_jsonl(shard, require_id=True)
+            if content.rows:
+                self.append(content.rows)
+                moved += len(content.rows)
+            shard.unlink()
+        return moved
+
     def finished_rows(self) -> list[dict]:
         """Rows to keep on resumption: answered rows, last copy of each id. Failed rows are dropped (and
         asked again); the file is compacted when anything was dropped."""
@@ -322,45 +335,161 @@ def run_task(config: RunConfig, out_dir: str | Path, *, backend=None, scorer=Non
     """Ask every sample of the task that the run folder does not have yet, score, write metrics.
 
     ``backend`` / ``scorer`` may be passed in (already loaded) to share them across runs. Nothing is
-    written before the settings, the data, the existing record and the model have been checked."""
+    written before the settings, the data, the existing record and the model have been checked.
+    Started as several processes (torchrun, accelerate launch), the ranks share the queries and write
+    one run folder (see ``Ranks``)."""
+    ranks = Ranks.from_environment()
     task, loaded, samples = prepare(config)
     out = Path(out_dir)
     store = RunStore(out)
-    existing = store.read_record() if out.is_dir() else None
-    if existing is not None:
-        store.check_compatible(existing, config)
-    elif out.is_dir() and store.responses.exists() and store.responses.stat().st_size:
-        raise UserError(f"{out} has {RESPONSES} but no {RUN_JSON}: it is not a run folder of this tool; "
-                        "choose another --out")
-    _check_writable(out)
+    state = {"created": False}
 
-    created = not out.exists()
+    def open_folder():
+        existing = store.read_record() if out.is_dir() else None
+        if existing is not None:
+            store.check_compatible(existing, config)
+        elif out.is_dir() and store.responses.exists() and store.responses.stat().st_size:
+            raise UserError(f"{out} has {RESPONSES} but no {RUN_JSON}: it is not a run folder of this tool; "
+                            "choose another --out")
+        _check_writable(out)
+        state["created"] = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise explain_os_error(e, out) from None
+
+    ranks.from_main(open_folder)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise explain_os_error(e, out) from None
-    try:
-        with folder_lock(out):
-            return _run_locked(config, task, loaded, samples, store, backend, scorer, quiet, summary)
+        with (folder_lock(out) if ranks.is_main else contextlib.nullcontext()):
+            return _run_locked(config, task, loaded, samples, store, backend, scorer, quiet, summary, ranks)
     except BaseException:
-        if created and not any(p for p in out.iterdir() if not p.name.startswith(".lock")):
+        if ranks.is_main and state["created"] and out.is_dir() and not any(
+                p for p in out.iterdir() if not p.name.startswith(".lock")):
             for p in out.iterdir():
                 p.unlink(missing_ok=True)
             out.rmdir()  # a refused command leaves nothing behind
         raise
 
 
-def _run_locked(config, task, loaded, samples, store: RunStore, backend, scorer, quiet, summary) -> RunResult:
+class Ranks:
+    """The processes of one evaluation. One process: rank 0 of 1, every method a no-op.
+
+    Started with ``WORLD_SIZE`` > 1 (``torchrun --nproc_per_node N``, ``accelerate launch --num_processes
+    N``; on CPU with ``ACCELERATE_USE_CPU=true``), the runner needs a working process group: each rank
+    loads its own model copy (GPU ``LOCAL_RANK``) and asks every N-th query into its own shard file
+    ``responses.rank<R>.jsonl``; rank 0 checks and writes the record, holds the folder's lock, merges the
+    shards into ``responses.jsonl`` (also those a killed run left behind) and scores. Without a working
+    process group the launch is refused: N independent processes would each ask every query."""
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0):
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> "Ranks":
+        try:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+        except ValueError:
+            raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number") from None
+        if world <= 1:
+            return cls()
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            on_gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+            try:
+                import datetime as _dt
+
+                dist.init_process_group("nccl" if on_gpu else "gloo", timeout=_dt.timedelta(hours=2))
+            except Exception as e:  # no rendezvous: MASTER_ADDR/RANK missing, peers not started, ...
+                raise UserError(f"started as {world} processes (WORLD_SIZE={world}) but no working process group "
+                                f"({type(e).__name__}: {e}); launch with `torchrun --nproc_per_node {world} ...` "
+                                "(on CPU with ACCELERATE_USE_CPU=true) or `accelerate launch`, or unset WORLD_SIZE; "
+                                "refused, as independent processes would each ask every query") from None
+        if dist.get_world_size() != world:
+            raise UserError(f"WORLD_SIZE={world} but the process group has {dist.get_world_size()} processes")
+        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def from_main(self, fn):
+        """Run ``fn`` on rank 0 and hand its result (or its UserError) to every rank."""
+        if self.world == 1:
+            return fn()
+        import torch.distributed as dist
+
+        payload = [None]
+        if self.is_main:
+            try:
+                payload = [("ok", fn())]
+            except UserError as e:
+                payload = [("error", str(e))]
+        dist.broadcast_object_list(payload, src=0)
+        status, value = payload[0]
+        if status == "error":
+            raise UserError(value if self.is_main else f"(rank {self.rank}, as rank 0 said) {value}")
+        return value
+
+    def all_agree(self, fn) -> None:
+        """Run ``fn`` on every rank; if it fails on any, every rank stops with that message."""
+        error = None
+        try:
+            fn()
+        except UserError as e:
+            error = str(e)
+        if self.world == 1:
+            if error:
+                raise UserError(error)
+            return
+        import torch.distributed as dist
+
+        errors = [None] * self.world
+        dist.all_gather_object(errors, error)
+        first = next((e for e in errors if e), None)
+        if first:
+            raise UserError(first)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+class ShardStore:
+    """Where one rank of a multi-process run appends its rows (merged into responses.jsonl by rank 0)."""
+
+    def __init__(self, out_dir: Path, rank: int):
+        self.rank = rank
+        self.responses = Path(out_dir) / f"responses.rank{rank}.jsonl"
+
+    def append(self, rows: list[dict]) -> None:
+        try:
+            append_jsonl(self.responses, [{**r, "rank": self.rank} for r in rows])
+        except OSError as e:
+            raise explain_os_error(e, self.responses) from None
+
+
+def _run_locked(config, task, loaded, samples, store: RunStore, backend, scorer, quiet, summary,
+                ranks: Ranks | None = None) -> RunResult:
     from unsafe_concepts.models.base import GenerationConfig, Query
     from unsafe_concepts.tasks import BLANK
 
-    existing = store.read_record()  # again, under the lock
-    if existing is not None:
-        store.check_compatible(existing, config)
+    ranks = ranks or Ranks()
     gen = GenerationConfig(**config.generation)
     wanted = {s.id for s in samples}
-    done = [r for r in store.finished_rows() if r["id"] in wanted]
-    done_ids = {r["id"] for r in done}
+
+    def survey():
+        store.merge_shards()  # rows a killed multi-process run left in its shard files
+        existing = store.read_record()  # again, under the lock
+        if existing is not None:
+            store.check_compatible(existing, config)
+        return existing, sorted(r["id"] for r in store.finished_rows() if r["id"] in wanted)
+
+    existing, done_ids = ranks.from_main(survey)
+    done_ids = set(done_ids)
     todo = [s for s in samples if s.id not in done_ids]
 
     data = describe_data(config.data or task.default_data, loaded, len(samples))
@@ -378,32 +507,71 @@ def _run_locked(config, task, loaded, samples, store: RunStore, backend, scorer,
         record.setdefault("model", {"spec": config.model, "adapter": config.adapter})
 
     if todo:
-        if backend is None:
-            backend = load_backend(config)
-        elif not hasattr(backend, "generate"):  # a loader: the model is loaded only when something is asked
-            backend = backend()
-        if task.modality == "image" and not backend.supports_images:
-            raise UserError(f"model {config.model} is text only; task {task.name} shows images. "
-                            "Use a VLM (e.g. tiny-vlm, hf:<VLM>) or a text task (alignment_text_only, ...)")
-        if config.scoring == "logprob" and not getattr(backend, "supports_logprobs", False):
-            from unsafe_concepts.models.base import unsupported_logprobs
+        def load_and_check():
+            nonlocal backend
+            if backend is None:
+                if ranks.world > 1 and config.device is None and _cuda_count() > 1:
+                    backend = load_backend(replace_config(config, device=f"cuda:{ranks.local_rank}"))
+                else:
+                    backend = load_backend(config)
+            elif not hasattr(backend, "generate"):  # a loader: the model is loaded only when something is asked
+                backend = backend()
+            if task.modality == "image" and not backend.supports_images:
+                raise UserError(f"model {config.model} is text only; task {task.name} shows images. "
+                                "Use a VLM (e.g. tiny-vlm, hf:<VLM>) or a text task (alignment_text_only, ...)")
+            if config.scoring == "logprob" and not getattr(backend, "supports_logprobs", False):
+                from unsafe_concepts.models.base import unsupported_logprobs
 
-            raise unsupported_logprobs(f"model {config.model}")
+                raise unsupported_logprobs(f"model {config.model}")
+
+        ranks.all_agree(load_and_check)
         identity = model_identity(backend.describe())
         old_identity = (existing or {}).get("model", {}).get("identity") or (existing or {}).get("model_info")
-        if old_identity:
-            diff = identity_differences(old_identity, identity)
+
+        def check_identity():
+            diff = identity_differences(old_identity or {}, identity)
             if diff:
                 lines = "\n".join(f"  {k}: run has {a!r}, now {b!r}" for k, (a, b) in diff.items())
                 raise UserError(f"{store.dir}: the model behind {config.model!r} is not the one this run was made "
                                 f"with:\n{lines}\nUse another --out.")
+
+        ranks.from_main(check_identity)
         record["model"] = {"spec": config.model, "adapter": config.adapter, "identity": identity}
         record["model_info"] = identity
-    store.write_record(record)  # the first write of a new run: everything above has been checked
+    if ranks.world > 1:
+        record["config"]["processes"] = ranks.world
 
+    def write_first_record():
+        store.write_record(record)  # the first write of a new run: everything above has been checked
+
+    ranks.from_main(write_first_record)
     if todo:
-        _ask(config, task, todo, samples, store, backend, gen, quiet, BLANK, Query)
+        mine = todo[ranks.rank::ranks.world]
+        sink = store if ranks.world == 1 else ShardStore(store.dir, ranks.rank)
+        _ask(config, task, mine, samples, sink, backend, gen, quiet or not ranks.is_main, BLANK, Query,
+             total=len(samples) if ranks.world == 1 else len(mine), done=len(samples) - len(todo)
+             if ranks.world == 1 else 0)
+    ranks.barrier()
+    if not ranks.is_main:
+        ranks.barrier()  # rank 0 merges and scores; the run's result is in the folder
+        return RunResult(store.dir, store.read_record() or record)
+    try:
+        return _finish(config, samples, wanted, store, record, scorer, quiet, summary)
+    finally:
+        ranks.barrier()
 
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+def _finish(config, samples, wanted, store, record, scorer, quiet, summary) -> RunResult:
+    store.merge_shards()
     rows = [r for r in store.read_rows() if r["id"] in wanted]
     errors = Counter(r["error"] for r in rows if r.get("error") is not None)
     record["status"] = {"n_samples": len(samples), "n_rows": len(rows), "n_error": sum(errors.values()),
@@ -445,7 +613,7 @@ def quiet_loading() -> None:
         pass
 
 
-def _ask(config, task, todo, samples, store, backend, gen, quiet, BLANK, Query) -> None:
+def _ask(config, task, todo, samples, store, backend, gen, quiet, BLANK, Query, *, total: int, done: int) -> None:
     from tqdm.auto import tqdm
 
     from unsafe_concepts.scorers import verdict_from_probs
@@ -455,8 +623,7 @@ def _ask(config, task, todo, samples, store, backend, gen, quiet, BLANK, Query) 
         from unsafe_concepts.data import blank_image
 
         blank = blank_image()
-    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=task.name, unit="q", disable=quiet,
-               dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=total, initial=done, desc=task.name, unit="q", disable=quiet, dynamic_ncols=True, file=sys.stderr)
     correct = decided = 0
     # A server backend keeps `concurrency` requests in flight only if it is handed that many at once.
     step = max(config.batch_size, getattr(backend, "concurrency", 1))
