@@ -281,6 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the three run folders and the report")
     p.set_defaults(func=_handler("unsafe_concepts.runs:cli_gap"))
 
+    p = sub.add_parser("import", help="turn answers made elsewhere (the reference's result files, any JSONL of "
+                       "prompt/response) into a run folder, judged and reportable",
+                       description="Write a run folder as `evaluate` would from an answer file: the reference's "
+                       "[{idx, prompt, image_fname, output}] or JSONL rows with prompt and response. --data joins "
+                       "each answer to the task's item (its ground truth); then the answers are scored.")
+    p.add_argument("file", help="the answer file (.json list or .jsonl)")
+    p.add_argument("--model", required=True, help="a name for the model whose answers these are")
+    p.add_argument("--task", required=True, help="the task the answers belong to (see `unsafe-concepts tasks`)")
+    p.add_argument("--out", required=True, help="new run folder to write")
+    p.add_argument("--data", help="the task's data, as for evaluate: joins each answer to its item (needed for "
+                   "mme and llavabench; optional for the reference's UnsafeConcepts_TEST file)")
+    p.add_argument("--safe-data", help="folder of safe images, as for evaluate")
+    p.add_argument("--judge", help="judge to score with (default: the default judge; 'none': do not score)")
+    p.set_defaults(func=_handler("unsafe_concepts.importer:cli_import"))
+
     p = sub.add_parser("tasks", help="list the registered tasks",
                        description="List the tasks `evaluate --task` accepts, with the modality each asks in.")
     p.set_defaults(func=_handler("unsafe_concepts.tasks:cli_list"))
