@@ -55,6 +55,11 @@ class Report:
     def html_path(self) -> Path:
         return self.out / "report.html"
 
+    def __repr__(self) -> str:
+        n_gaps = sum(len(g) for g in self.gaps.values())
+        return (f"Report({len(self.runs)} runs, {n_gaps} gaps, {len(self.problems)} folders not included, "
+                f"{len(self.tables)} tables, {len(self.plots)} plots -> {self.html_path})")
+
     @property
     def synthetic_runs(self) -> list[RunData]:
         return [r for r in self.runs if r.synthetic]

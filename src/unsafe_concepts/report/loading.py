@@ -25,13 +25,19 @@ class RunData:
     and falls back to the version-1 keys (``config``, ``model_info``, ``judge``) when the new ones are absent."""
 
     path: Path
-    record: dict
-    rows: list[dict]
-    summary: dict
+    record: dict = field(repr=False)
+    rows: list[dict] = field(repr=False)
+    summary: dict = field(repr=False)
     after_training: bool
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list, repr=False)
     system: str = ""  # the row label in every table, set when runs are grouped
-    metrics_file: dict = field(default_factory=dict)  # metrics.json as written by the run, if any
+    metrics_file: dict = field(default_factory=dict, repr=False)  # metrics.json as written by the run, if any
+
+    def __repr__(self) -> str:
+        overall = (self.summary or {}).get("overall") or {}
+        value = overall.get("value")
+        return (f"RunData({self.path.name}: {self.model} / {self.task if self.record else '?'}, {len(self.rows)} rows, "
+                f"overall {'n/a' if value is None else f'{value:.3f}'})")
 
     def _section(self, key: str) -> dict:
         value = self.record.get(key)
@@ -163,7 +169,7 @@ def load_run(run_dir: str | Path) -> RunData:
     that file describes the same rows."""
     path = Path(run_dir)
     if not path.is_dir():
-        raise RunProblem(f"{path}: no such run folder")
+        raise RunProblem(f"{path}: " + ("a file, not a run folder" if path.exists() else "no such run folder"))
     run_json, responses = path / RUN_JSON, path / RESPONSES
     if not run_json.exists():
         raise RunProblem(f"{path}: no {RUN_JSON}, so not a run folder of `unsafe-concepts evaluate`")
