@@ -460,6 +460,17 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # The file system or the network said no (disk full, read-only or missing folder, name too long):
+        # the environment's problem, not a bug, so one line and no traceback. Commands that know better
+        # raise a UserError with advice; this is the floor.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except UnicodeDecodeError as e:
+        print(f"error: a file given is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted: finished rows are saved; run the same command again to resume", file=sys.stderr)
         return 130
