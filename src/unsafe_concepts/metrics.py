@@ -453,6 +453,9 @@ def summarize_run(rows: list[dict], task: str, *, kind: str, after_training: boo
                          answer=str(r.get("answer", "")).capitalize(), image_key=str(r.get("image_key") or r["id"]),
                          image=None) for r in answered]
         out["details"] = score_mme(items, [r.get("response") for r in answered]) if items else None
+        if out["details"] is not None:  # the reference code's substring rule, named, beside MME's own
+            out["details"]["reference_rule"] = score_mme(items, [r.get("response") for r in answered],
+                                                         rule="reference")
     if kind == "after_training":
         from unsafe_concepts.evalsets.diversity import self_bleu
 

@@ -3,10 +3,10 @@
 - LLaVA-Bench: every relative score (and mean score) of ``LLaVABench_score.csv`` from the per-question
   GPT-4o reviews in ``LLaVABench_openai_result.xlsx`` (read without openpyxl).
 - 1 - Self-BLEU: the fast exact implementation equals NLTK's ``sentence_bleu`` (method1, each answer
-  against all others) bit for bit on the reference's real answers; the full-set figures below were
-  computed with NLTK's own ``sentence_bleu`` loop (about 100 s per model on one core; the command
-  is in docs/reproducing-the-paper.md) and are what the reference's method gives on its published
-  answers. They are NOT the paper's 0.076 (SFT) / 0.221 (PPO); see the docs.
+  against all others) bit for bit on the reference's real answers; the full-set figures below (overall
+  and per half) were computed with NLTK's own ``sentence_bleu`` loop (40 s to 10 min per figure on
+  the shared CPU; the command is in docs/reproducing-the-paper.md) and are what the reference's
+  method gives on its published answers. They are NOT the paper's 0.076 (SFT) / 0.221 (PPO); see the docs.
 """
 from __future__ import annotations
 

@@ -133,3 +133,18 @@ def test_xlsx_reader_refuses_what_is_not_a_spreadsheet(tmp_path):
         z.writestr("xl/worksheets/sheet1.xml", "<worksheet><sheetData><row>")
     with pytest.raises(UserError, match="malformed spreadsheet XML"):
         read_xlsx(tmp_path / "b.xlsx")
+
+
+def test_run_metrics_of_mme_give_both_rules_named():
+    from unsafe_concepts.metrics import summarize_run
+    from unsafe_concepts.scorers import scorer_for
+    from unsafe_concepts.tasks import get_task
+
+    answers = [("Yes", "Yes"), ("No", "No, Yes"), ("Yes", "yes"), ("No", "Yes")]
+    rows = [{"id": str(i), "task": "mme", "prompt": "q", "category": "color", "label": None, "answer": gold,
+             "image_key": f"color/{i // 2}", "response": resp, "error": None} for i, (gold, resp) in enumerate(answers)]
+    scorer_for(get_task("mme")).score(rows)
+    details = summarize_run(rows, "mme", kind="mme")["details"]
+    assert details["rule"] == "mme" and details["accuracy"] == 0.75  # "No, Yes" is a no; "yes" a yes
+    assert details["reference_rule"]["rule"] == "reference"
+    assert details["reference_rule"]["accuracy"] == 0.5  # "Yes", "No, Yes" right; "yes" wrong (case), "Yes" for No
