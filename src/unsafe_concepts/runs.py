@@ -48,7 +48,7 @@ SCORINGS = ("generate", "logprob")
 # they may differ between a run and its resumption. ``--limit`` may grow (the selection of a larger
 # limit contains the smaller one), never shrink.
 IDENTITY_KEYS = ("model", "adapter", "task", "data", "safe_data", "context_file", "split", "prompts", "generation",
-                 "text_only", "scoring", "pairing")
+                 "text_only", "scoring", "pairing", "prompt_format")
 
 
 @dataclass
@@ -79,6 +79,8 @@ class RunConfig:
     timeout: float | None = None  # per request, openai: models; None: the backend's default
     device_map: str | None = None  # hf: models over several GPUs ("auto")
     text_only: bool = False
+    trust_remote_code: bool = False  # hf: models that ship their own code (recorded, off by default)
+    prompt_format: str | None = None  # hf: models: None/"auto" = the chat template; "llava-v1" (models/inputs.py)
     scoring: str = "generate"
     suite: str | None = None
 
@@ -597,7 +599,8 @@ def load_backend(config: RunConfig):
     return load_model(config.model, adapter=config.adapter, base_url=config.base_url, api_key_env=config.api_key_env,
                       dtype=config.dtype, device=config.device, concurrency=config.concurrency,
                       timeout=config.timeout, device_map=config.device_map,
-                      text_only=config.text_only)
+                      text_only=config.text_only, trust_remote_code=config.trust_remote_code,
+                      prompt_format=config.prompt_format)
 
 
 def quiet_loading() -> None:
@@ -848,6 +851,8 @@ def config_from_args(args, *, task: str | None = None, model: str | None = None)
                      judge=args.judge, llava_judge=getattr(args, "llava_judge", None), base_url=args.base_url,
                      api_key_env=args.api_key_env, dtype=args.dtype, device=args.device,
                      concurrency=args.concurrency, text_only=args.text_only,
+                     trust_remote_code=getattr(args, "trust_remote_code", False),
+                     prompt_format=getattr(args, "prompt_format", None),
                      timeout=getattr(args, "timeout", None), device_map=getattr(args, "device_map", None),
                      scoring=getattr(args, "scoring", None) or "generate")
 

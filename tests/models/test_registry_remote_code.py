@@ -85,3 +85,19 @@ def test_cli_flags_parse_and_reach_the_loader_options():
 def test_openai_models_refuse_hf_only_options():
     with pytest.raises(UserError, match="hf: models only"):
         load_model("openai:m", base_url="http://127.0.0.1:9/v1", trust_remote_code=True)
+
+
+def test_evaluate_passes_trust_and_prompt_format_and_records_them(remote_dir, tmp_path):
+    from unsafe_concepts.cli import main
+
+    out = tmp_path / "run"
+    base = ["evaluate", "--model", f"hf:{remote_dir}", "--task", "alignment", "--data", "sample", "--limit", "1",
+            "--judge", "none", "--greedy", "--max-new-tokens", "3", "--out", str(out)]
+    assert main(base) == 2  # refused without the flag
+    assert main([*base, "--trust-remote-code", "--prompt-format", "llava-v1"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["model_info"]["trust_remote_code"] is True
+    assert record["model_info"]["prompt_format"] == "llava-v1"
+    assert record["config"]["prompt_format"] == "llava-v1"
+    # Another prompt format changes what the rows mean: resuming with it is refused.
+    assert main([*base, "--trust-remote-code"]) == 2
