@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from _data_helpers import make_dataset, write_jsonl
+from _data_helpers import make_dataset, write_jsonl, write_png
 
 from unsafe_concepts.data import load_benchmark, load_rgb
 from unsafe_concepts.data.validate import check_folder
@@ -108,3 +108,16 @@ def test_wrong_field_types_are_named_as_such(tmp_path):
         "metadata.jsonl line 3: missing field(s) 'unsafe_concept'",
         "metadata.jsonl line 4: empty field(s) 'image_filename'",
     ]
+
+
+def test_data_check_reads_a_labelled_set_folder(tmp_path):
+    """`data check` on a SMID/NSFW folder as `data download --set` writes it: counts per label, bad images named."""
+    root = tmp_path / "smid"
+    for i in range(3):
+        write_png(root / "images" / f"{i}.png")
+    bomb_png(root / "images" / "3.png")
+    write_jsonl(root / "metadata.jsonl", [{"image_filename": f"images/{i}.png", "label": ["safe", "unsafe"][i % 2],
+                                           "index": i} for i in range(4)])
+    report = check_folder(root)
+    assert report.kind == "labelled" and dict(report.labels) == {"safe": 2, "unsafe": 2}
+    assert len(report.problems) == 1 and "decompression bomb" in report.problems.items[0]

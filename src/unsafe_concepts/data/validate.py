@@ -15,7 +15,7 @@ from pathlib import Path
 
 from unsafe_concepts.data.context import load_context_file
 from unsafe_concepts.data.layout import CONTEXT_FILE, METADATA, SAFE_DIR, Problems
-from unsafe_concepts.data.local import read_perception_file, read_safe_folder, read_unsafe_folder
+from unsafe_concepts.data.local import check_image_file, read_perception_file, read_safe_folder, read_unsafe_folder
 from unsafe_concepts.errors import UserError
 from unsafe_concepts.taxonomy import CATEGORIES
 
@@ -23,12 +23,13 @@ from unsafe_concepts.taxonomy import CATEGORIES
 @dataclass
 class CheckReport:
     root: Path
-    kind: str  # "unsafe" (benchmark layout) or "safe" (class name per image)
+    kind: str  # "unsafe" (benchmark layout), "safe" (class name per image) or "labelled" (SMID, NSFW)
     per_category: Counter = field(default_factory=Counter)
     safe_images: int = 0
     safe_classes: int = 0
     perception_rows: int = 0
     context_concepts: int = 0
+    labels: Counter = field(default_factory=Counter)  # a labelled set (SMID, NSFW): images per label
     problems: Problems = field(default_factory=Problems)
 
     @property
@@ -56,6 +57,12 @@ def check_folder(path: str | Path) -> CheckReport:
     if not root.is_dir():
         raise UserError(f"{path}: not a folder")
     root = root.resolve()
+    from unsafe_concepts.data.labelled import is_labelled_folder
+
+    if is_labelled_folder(root):  # SMID / NSFW as `data download --set smid|nsfw` writes them
+        report = CheckReport(root, "labelled")
+        _check_labelled(root, report)
+        return report
     if _looks_like_safe_folder(root):
         report = CheckReport(root, "safe")
         _check_safe(root, report, prefix="")
@@ -74,6 +81,19 @@ def check_folder(path: str | Path) -> CheckReport:
         except UserError as e:
             report.problems.add(CONTEXT_FILE, str(e))
     return report
+
+
+def _check_labelled(root: Path, report: CheckReport) -> None:
+    from unsafe_concepts.data.labelled import read_labelled_folder
+
+    try:
+        rows = read_labelled_folder(root)
+    except UserError as e:
+        report.problems.add(METADATA, str(e))
+        return
+    for r in rows:
+        check_image_file(Path(r["image"]), f"{METADATA} ({r['id']})", report.problems, decode=True)
+    report.labels.update(r["label"] for r in rows)
 
 
 def _check_safe(root: Path, report: CheckReport, prefix: str) -> None:
@@ -100,6 +120,9 @@ def cli_check(args) -> int:
             print(f"perception_metadata.jsonl: {report.perception_rows} fixed option sets")
         if report.context_concepts:
             print(f"{CONTEXT_FILE}: context questions for {report.context_concepts} concepts")
+    if report.kind == "labelled":
+        print(f"labelled images: {sum(report.labels.values())} "
+              f"({', '.join(f'{k} {v}' for k, v in sorted(report.labels.items()))})")
     if report.safe_images or report.kind == "safe":
         print(f"safe images: {report.safe_images} ({report.safe_classes} classes)")
     if report.ok:
