@@ -97,3 +97,11 @@ def test_unknown_prompt_format_is_a_user_error():
         load_model("smollm2-135m", prompt_format="vicuna-v0")
     with pytest.raises(UserError, match="needs a VLM"):
         load_model("smollm2-135m", prompt_format="llava-v1")
+
+
+def test_training_loads_the_policy_with_the_same_prompt_format(tmp_path):
+    """`train --prompt-format llava-v1` trains on the reference's conversation, as evaluation asks it."""
+    config = common.TrainConfig(model=f"hf:{build_llava(tmp_path / 'llava')}", prompt_format="llava-v1",
+                                lora_r=4, lora_alpha=8)
+    policy, processor = common.load_policy(config)
+    assert common.chat_text(processor, "Is it safe?").startswith(inputs.LLAVA_V1_SYSTEM + " USER: <image>\n")

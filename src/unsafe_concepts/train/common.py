@@ -67,6 +67,8 @@ class TrainConfig:
     save_steps: int = 50  # checkpoint every N steps (resumable)
     dtype: str | None = None  # float32 / bfloat16 / float16; default: float32 on CPU
     device: str | None = None
+    trust_remote_code: bool = False  # hf: models that ship their own code (models/hf.py)
+    prompt_format: str | None = None  # None/"auto": the chat template; "llava-v1" (models/inputs.py)
 
     def validate(self) -> None:
         if self.modality not in ("image", "text"):
@@ -194,7 +196,8 @@ def config_from_file(path: str | Path, cls: type, **overrides) -> Any:
 # Which CLI flag feeds which config field (only fields the config class has are set).
 _CLI_FIELDS = {"model": "model", "data": "data", "safe_data": "safe_data", "modality": "modality",
                "out": "out_dir", "max_steps": "max_steps", "seed": "seed", "judge": "judge",
-               "dtype": "dtype", "device": "device"}
+               "dtype": "dtype", "device": "device", "trust_remote_code": "trust_remote_code",
+               "prompt_format": "prompt_format"}
 
 
 def config_from_args(args, cls: type, *, cli_defaults: dict | None = None) -> Any:
@@ -261,14 +264,16 @@ def _load_local(path: str | Path, dtype, device):
     return model, processor
 
 
-def load_base_model(spec: str, *, dtype: str | None = None, device: str | None = None):
+def load_base_model(spec: str, *, dtype: str | None = None, device: str | None = None,
+                    trust_remote_code: bool = False, prompt_format: str | None = None):
     """(model, processor) for a model spec, through the HF backend when it is installed."""
     try:
         from unsafe_concepts.models.hf import load_hf_model
     except ImportError:
         load_hf_model = None
     if load_hf_model is not None:
-        return load_hf_model(spec, dtype=dtype, device=device)
+        return load_hf_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                             prompt_format=prompt_format)
     # Fallback: the offline SmolLM2, hf:<local path>, or a plain local folder.
     if spec in ("smollm2-135m", "hf:smollm2-135m"):
         from unsafe_concepts.models.offline import smollm2_dir
@@ -317,7 +322,8 @@ def add_lora(model, config: TrainConfig):
 
 def load_policy(config: TrainConfig):
     """(peft_model, processor): the base model with LoRA on its language model, ready to train."""
-    model, processor = load_base_model(config.model, dtype=config.dtype, device=config.device)
+    model, processor = load_base_model(config.model, dtype=config.dtype, device=config.device,
+                                       trust_remote_code=config.trust_remote_code, prompt_format=config.prompt_format)
     if config.modality == "image" and not is_vlm_processor(processor):
         raise UserError(f"--modality image: {config.model} is a text-only model (no image processor); "
                         "use --modality text, or a vision-language model")

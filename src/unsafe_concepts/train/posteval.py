@@ -58,6 +58,8 @@ class PostEvalConfig:
     text_only: bool = False  # the model cannot see images (see `evaluate --text-only`)
     timeout: float | None = None  # per request, openai: models; None: the backend's default
     device_map: str | None = None  # hf: models over several GPUs ("auto")
+    trust_remote_code: bool = False  # hf: models that ship their own code (recorded)
+    prompt_format: str | None = None  # hf: models: None/"auto" or "llava-v1" (models/inputs.py)
 
     def validate(self) -> None:
         if self.modality not in ("image", "text"):
@@ -94,6 +96,7 @@ class PostEvalConfig:
                          llava_judge=self.llava_judge, base_url=self.base_url, api_key_env=self.api_key_env,
                          dtype=self.dtype, device=self.device, concurrency=self.concurrency,
                          timeout=self.timeout, device_map=self.device_map,
+                         trust_remote_code=self.trust_remote_code, prompt_format=self.prompt_format,
                          text_only=self.text_only, scoring=scoring, suite="posteval")
 
 
