@@ -167,3 +167,21 @@ def test_api_key_given_where_its_name_belongs_is_refused_before_anything_is_writ
     with pytest.raises(UserError, match="NAME of an environment variable") as e:
         evaluate("openai:m", "alignment_text_only", data="sample", out=tmp_path / "r", api_key_env="sk-live-abc123")
     assert "sk-live" not in str(e.value) and not (tmp_path / "r").exists()
+
+
+def test_build_dir_and_atomic_writer(tmp_path):
+    from unsafe_concepts.io import build_dir, write_text_atomic
+
+    target = tmp_path / "built"
+    with build_dir(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+        assert not target.exists()  # readers never see a half-built folder
+    assert (target / "a.txt").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with build_dir(target) as tmp:
+            (tmp / "b.txt").write_text("2")
+            raise RuntimeError("killed half way")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]  # the old folder stays whole
+    assert [p.name for p in tmp_path.iterdir()] == ["built"]  # no temporary left behind
+    write_text_atomic(target / "a.txt", "new")
+    assert (target / "a.txt").read_text() == "new" and (target / "a.txt").stat().st_mode & 0o777 != 0o600
