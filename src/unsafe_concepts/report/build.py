@@ -436,7 +436,8 @@ def render_markdown(report: Report) -> str:
     lines += ["## Modality gap", ""] + [f"- {m}" for m in report.gap_missing] + [""] + section("gap")
     lines += ["## Perception and alignment per category", ""] + section("per_category")
     lines += ["## After training", ""] + section("post_training")
-    lines += ["## Other tasks", ""] + section("details")
+    if report.section_tables("details"):
+        lines += ["## Other tasks", ""] + section("details")
     if report.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
     runs = Table("runs", "Runs", "", RUN_COLUMNS, run_summary_rows(report))
