@@ -1,7 +1,6 @@
 """The run store on its own: crash-safe appends, a corrupt line set aside, resumption rules, refusal to mix
 configurations, the folder lock, records free of secrets."""
 import json
-import os
 import subprocess
 import sys
 

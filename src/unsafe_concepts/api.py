@@ -17,6 +17,8 @@ from pathlib import Path
 
 from unsafe_concepts.tasks import Task, task  # noqa: F401  (re-exported)
 
+__all__ = ["evaluate", "load_model", "load_judge", "build_report", "task", "Task"]
+
 
 def evaluate(model: str | list[str], task: str | list[str], *, out: str | Path, data: str | None = None,
              limit: int | None = None, judge: str | None = None, backend=None, quiet: bool = True, **settings):

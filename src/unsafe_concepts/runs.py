@@ -476,8 +476,7 @@ class ShardStore:
 
 def _run_locked(config, task, loaded, samples, store: RunStore, backend, scorer, quiet, summary,
                 ranks: Ranks | None = None) -> RunResult:
-    from unsafe_concepts.models.base import GenerationConfig, Query
-    from unsafe_concepts.tasks import BLANK
+    from unsafe_concepts.models.base import GenerationConfig
 
     ranks = ranks or Ranks()
     gen = GenerationConfig(**config.generation)
@@ -550,9 +549,9 @@ def _run_locked(config, task, loaded, samples, store: RunStore, backend, scorer,
     if todo:
         mine = todo[ranks.rank::ranks.world]
         sink = store if ranks.world == 1 else ShardStore(store.dir, ranks.rank)
-        _ask(config, task, mine, samples, sink, backend, gen, quiet or not ranks.is_main, BLANK, Query,
-             total=len(samples) if ranks.world == 1 else len(mine), done=len(samples) - len(todo)
-             if ranks.world == 1 else 0)
+        single = ranks.world == 1
+        _ask(config, task, mine, sink, backend, gen, quiet or not ranks.is_main,
+             total=len(samples) if single else len(mine), done=len(samples) - len(todo) if single else 0)
     ranks.barrier()
     if not ranks.is_main:
         ranks.barrier()  # rank 0 merges and scores; the run's result is in the folder
@@ -616,10 +615,13 @@ def quiet_loading() -> None:
         pass
 
 
-def _ask(config, task, todo, samples, store, backend, gen, quiet, BLANK, Query, *, total: int, done: int) -> None:
+def _ask(config, task, todo, store, backend, gen, quiet, *, total: int, done: int) -> None:
+    """Ask ``todo`` in batches, appending each batch's rows to ``store`` as soon as it is answered."""
     from tqdm.auto import tqdm
 
+    from unsafe_concepts.models.base import Query
     from unsafe_concepts.scorers import verdict_from_probs
+    from unsafe_concepts.tasks import BLANK
 
     blank = None
     if any(s.image == BLANK for s in todo) and backend.supports_images:

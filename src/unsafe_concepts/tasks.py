@@ -297,7 +297,7 @@ def build_unsafeconcepts_test_text(benchmark, opts: TaskOptions) -> list[Sample]
 
 
 # Evaluation sets (SMID, NSFW, MME, LLaVA-Bench) and the training-evidence checks: unsafe_concepts.evalsets.tasks.
-import unsafe_concepts.evalsets.tasks  # noqa: E402,F401  (registers them)
+from unsafe_concepts.evalsets import tasks as _evalset_tasks  # noqa: E402,F401  (registers them)
 
 
 def cli_list(args) -> int:
