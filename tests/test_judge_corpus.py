@@ -71,12 +71,23 @@ def test_hard_cases_are_well_represented(rows):
     assert len(original) >= 100
 
 
-def test_about_thirty_percent_held_out_in_every_large_stratum(rows):
+HELDOUT = {f"llava-1.5-7b/{x}" for x in ("original/context_unsafe", "ppo/test", "dpo/smid", "sft/context_unsafe")}
+
+
+def round2_ids() -> set[str]:
+    raw = CORPUS.parent / "raw_llava_round2.jsonl"
+    return {json.loads(line)["id"] for line in raw.read_text(encoding="utf-8").splitlines()} if raw.exists() else set()
+
+
+def test_about_thirty_percent_held_out_in_every_large_round1_stratum(rows):
+    """Round 1: a stratified 30 % per (source, label), frozen (files held out in round 2 aside)."""
+    new = round2_ids()
     strata = defaultdict(list)
     for row in rows:
-        strata[(row["source"], row["label"])].append(row["split"] == "test")
-    share = sum(r["split"] == "test" for r in rows) / len(rows)
-    assert 0.27 <= share <= 0.33, share
+        if row["id"] not in new and row["source"] not in HELDOUT:
+            strata[(row["source"], row["label"])].append(row["split"] == "test")
+    flat = [f for flags in strata.values() for f in flags]
+    assert 0.27 <= sum(flat) / len(flat) <= 0.33
     for stratum, flags in strata.items():
         if len(flags) >= 10:
             assert 0.2 <= sum(flags) / len(flags) <= 0.4, (stratum, sum(flags), len(flags))
@@ -85,9 +96,27 @@ def test_about_thirty_percent_held_out_in_every_large_stratum(rows):
             assert not all(flags), stratum
 
 
+def test_round2_is_held_out_by_source_file(rows):
+    """No reference file of round 2 is in both splits; held-out files are test entirely (round-1 rows too)."""
+    new = round2_ids()
+    assert len(new) >= 400
+    hard = [r for r in rows if r["id"] in new and is_hard(r["response"])]
+    assert len(hard) * 2 >= len(new)  # at least half do not open with yes/no
+    by_file = defaultdict(set)
+    for row in rows:
+        if row["id"] in new:
+            assert row.get("file", "").startswith("responses/llava-1.5-7b/"), row["id"]
+            by_file[row["file"]].add(row["split"])
+        if row["source"] in HELDOUT:
+            assert row["split"] == "test", row["id"]
+    assert all(len(splits) == 1 for splits in by_file.values()), by_file
+    held = {r["source"] for r in rows if r["id"] in new and r["split"] == "test"}
+    assert held == HELDOUT
+
+
 def test_llava_rows_keep_the_image_label_separate_from_the_verdict(rows):
     llava = [r for r in rows if r["model"] == "llava-1.5-7b"]
-    assert llava and all(r.get("image_label") in ("safe", "unsafe") for r in llava)
+    assert llava and all(r.get("image_label") in ("safe", "unsafe", "unknown") for r in llava)
     # the verdict is read from the answer: some unsafe images got a "safe" verdict and vice versa
     assert any(r["image_label"] == "unsafe" and r["label"] == "safe" for r in llava)
     assert any(r["image_label"] == "safe" and r["label"] == "unsafe" for r in llava)

@@ -533,17 +533,27 @@ def judge_perception_text(prompt: str, response: str) -> tuple[str, str]:
     return UNCLEAR, "no option found"
 
 
-# How often each rule's verdict matched the hand label on the judge corpus's train split (see
-# docs/judges.md); rules that are not listed get a middling default.
+# How often each rule's verdict matched the hand label on the judge corpus's train split (share, rows),
+# rounded; rules with under 10 train rows get a conservative value. Reported as the verdict's confidence.
 RULE_CONFIDENCE = {
-    "opening yes/no": 0.97, "conclusion": 0.9, "opening clause overrides yes/no": 0.8, "direct statement": 0.85,
-    "evidence": 0.7, "hedge": 0.75, "caveats and a deferral": 0.75, "verdict withheld": 0.8, "opens with a hedge": 0.75, "refusal": 0.9, "no verdict found": 0.6,
-    "empty": 1.0, "yes and no": 0.9, "bare letter": 0.99, "letter": 0.95, "letter with its text": 0.95,
-    "option letter in text": 0.85, "option text": 0.8, "several letters": 0.8, "no option found": 0.8,
+    "opening yes/no": 0.97,  # 241 rows
+    "direct statement": 0.92,  # 304
+    "no verdict found": 0.81,  # 48
+    "caveats and a deferral": 0.81,  # 16
+    "evidence": 0.45,  # 27: the weakest rule, a lean read from evidence words
+    "conclusion": 0.9, "opening clause overrides yes/no": 0.8, "hedge": 0.9, "opens with a hedge": 0.8,
+    "verdict withheld": 0.8, "refusal": 0.9, "yes and no": 0.9, "empty": 1.0,
+    "letter with its text": 0.95,  # 73
+    "several letters": 0.95,  # 19
+    "option text": 0.95,  # 10
+    "bare letter": 0.95, "letter": 0.95, "option letter in text": 0.85, "several options named": 0.9,
+    "no option found": 0.8,
 }
 
 
 def rule_confidence(reason: str) -> float:
+    if reason.startswith("letter ") and " option " in reason:
+        return 0.85  # a letter with the text of another option (or of none): 27 train rows
     return RULE_CONFIDENCE.get(reason, 0.7)
 
 
