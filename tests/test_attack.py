@@ -118,3 +118,6 @@ def test_cli_attack_on_tiny_vlm_writes_a_resumable_run(tmp_path, capsys):
 
     assert main(["attack", "table", str(out)]) == 0
     assert "FGSM" in capsys.readouterr().out
+    # `report` does not mistake it for an unjudged evaluation run: it points to `attack table`.
+    main(["report", str(out), "--out", str(tmp_path / "report")])
+    assert "attack table" in capsys.readouterr().err

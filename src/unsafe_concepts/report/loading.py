@@ -174,6 +174,9 @@ def load_run(run_dir: str | Path) -> RunData:
     if not run_json.exists():
         raise RunProblem(f"{path}: no {RUN_JSON}, so not a run folder of `unsafe-concepts evaluate`")
     record = _read_json(run_json)
+    if record.get("kind") == "attack":  # FGSM/PGD folders have their own table (docs/adversarial.md)
+        raise RunProblem(f"{path}: an adversarial-attack folder; compare attacks with "
+                         f"`unsafe-concepts attack table {path} ...`")
     run = RunData(path=path, record=record, rows=[], summary={}, after_training=False)
     try:
         task, model = run.task, run.model
