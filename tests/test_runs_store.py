@@ -184,3 +184,10 @@ def test_build_dir_and_atomic_writer(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["built"]  # no temporary left behind
     write_text_atomic(target / "a.txt", "new")
     assert (target / "a.txt").read_text() == "new" and (target / "a.txt").stat().st_mode & 0o777 != 0o600
+
+
+def test_a_folder_made_by_another_version_of_the_task_is_refused(tmp_path):
+    store = RunStore(tmp_path)
+    _open(store, _config(task="unsafeconcepts_test"))  # a record without task version: format 1, version 1
+    with pytest.raises(UserError, match="task version: run has 1, you asked 2"):
+        store.check_compatible(store.read_record(), _config(task="unsafeconcepts_test"))

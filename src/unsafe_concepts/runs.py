@@ -176,6 +176,11 @@ class RunStore:
         old_limit = old_config.get("limit")
         if old_limit is None and config.limit is not None or (config.limit or 0) < (old_limit or 0):
             diff["limit"] = (old_limit, config.limit)
+        from unsafe_concepts.tasks import get_task
+
+        old_version = (record.get("task") or {}).get("version", 1)  # folders of format 1 predate task versions
+        if old_version != get_task(config.task).version:
+            diff["task version"] = (old_version, get_task(config.task).version)
         if diff:
             lines = "\n".join(f"  {k}: run has {a!r}, you asked {b!r}" for k, (a, b) in diff.items())
             raise UserError(f"{self.dir} holds a run with a different configuration:\n{lines}\n"
