@@ -22,8 +22,13 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "adve
 
 
 @pytest.fixture(scope="module")
-def attacker(tmp_path_factory):
-    model, processor = load_hf_model(f"hf:{build_llava(tmp_path_factory.mktemp('m') / 'llava')}")
+def llava_dir(tmp_path_factory):
+    return build_llava(tmp_path_factory.mktemp("m") / "llava")
+
+
+@pytest.fixture(scope="module")
+def attacker(llava_dir):
+    model, processor = load_hf_model(f"hf:{llava_dir}")
     return Attacker(model, processor)
 
 
@@ -61,6 +66,25 @@ def test_gradients_do_not_touch_the_weights(attacker):
     attacker.attack(prompts.alignment_prompt(1), noise_image(), config("fgsm"), torch.Generator().manual_seed(0))
     assert all(torch.equal(v, attacker.model.state_dict()[k]) for k, v in before.items())
     assert not any(p.requires_grad for p in attacker.model.parameters())
+
+
+def test_attack_through_an_adapter(llava_dir, tmp_path):
+    """A fine-tune is attacked as trained: the LoRA adapter unmerged on the frozen base, recorded."""
+    from peft import LoraConfig, get_peft_model
+
+    from unsafe_concepts.attack import run_attack
+
+    model, _ = load_hf_model(f"hf:{llava_dir}")
+    torch.manual_seed(1)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    cfg = AttackConfig(method="fgsm", model=f"hf:{llava_dir}", adapter=str(tmp_path / "adapter"), data="sample",
+                       split="all", limit=1)
+    metrics = run_attack(cfg, tmp_path / "run", quiet=True)
+    assert metrics["n_images"] == 1 and metrics["n_errors"] == 0
+    assert metrics["config"]["adapter"] == str(tmp_path / "adapter")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["model_info"]["architecture"] == "LlavaForConditionalGeneration"
 
 
 def test_summary_counts_success_among_images_called_unsafe():

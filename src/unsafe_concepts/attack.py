@@ -239,6 +239,7 @@ def run_attack(config: AttackConfig, out_dir: str | Path, *, model=None, process
     import torch
     from tqdm import tqdm
 
+    from unsafe_concepts.models import inputs
     from unsafe_concepts.runs import RunStore
 
     config.validate()
@@ -259,7 +260,11 @@ def run_attack(config: AttackConfig, out_dir: str | Path, *, model=None, process
                                              adapter=config.adapter, trust_remote_code=config.trust_remote_code,
                                              prompt_format=config.prompt_format)
         attacker = Attacker(model, processor)
-        record["model_info"] = {"architecture": type(getattr(model, "base_model", model)).__name__,
+        cfg = model.config  # a PeftModel shows its base model's config
+        record["model_info"] = {"architecture": (getattr(cfg, "architectures", None) or [type(model).__name__])[0],
+                                "model_type": getattr(cfg, "model_type", None), "adapter": config.adapter,
+                                "trust_remote_code": config.trust_remote_code,
+                                "prompt_format": inputs.prompt_format(processor),
                                 "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                                 "device": str(next(model.parameters()).device)}
         store.write_record(record)
