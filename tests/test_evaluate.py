@@ -5,6 +5,7 @@ through evaluate and posteval."""
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -257,3 +258,20 @@ def test_every_query_failing_exits_non_zero_with_the_distinct_errors(tmp_path, c
     record = json.loads((out / "run.json").read_text())
     assert record["status"]["n_error"] == 2 and not (out / "metrics.json").exists()
     assert "sk-test-123456" not in (out / "run.json").read_text() + (out / "responses.jsonl").read_text()
+
+
+def test_changed_data_is_refused_on_resume(tmp_path, capsys):
+    from unsafe_concepts.data.sample import ensure_sample
+
+    data = tmp_path / "data"
+    shutil.copytree(ensure_sample(), data)
+    out = tmp_path / "run"
+    argv = ["evaluate", "--model", "smollm2-135m", "--task", "alignment_text_only", "--data", str(data), "--out",
+            str(out), "--judge", "none", *FAST]
+    assert main([*argv, "--limit", "1"]) == 0
+    assert json.loads((out / "run.json").read_text())["synthetic"] is True  # placeholders, even from a copy
+    meta = data / "metadata.jsonl"
+    meta.write_text(meta.read_text() + "\n")  # the data changed
+    capsys.readouterr()
+    assert main([*argv, "--limit", "2"]) == 2
+    assert "changed since this run was made" in capsys.readouterr().err

@@ -487,18 +487,23 @@ def _run_locked(config, task, loaded, samples, store: RunStore, backend, scorer,
     gen = GenerationConfig(**config.generation)
     wanted = {s.id for s in samples}
 
+    data = describe_data(config.data or task.default_data, loaded, len(samples))
+
     def survey():
         store.merge_shards()  # rows a killed multi-process run left in its shard files
         existing = store.read_record()  # again, under the lock
         if existing is not None:
             store.check_compatible(existing, config)
+            old = (existing.get("data") or {}).get("fingerprint")
+            if old and data.get("fingerprint") and old != data["fingerprint"]:
+                raise UserError(f"{store.dir}: the data at {data.get('path')} changed since this run was made "
+                                f"(fingerprint {old[:19]}... now {data['fingerprint'][:19]}...: files added, removed "
+                                "or edited); use another --out, or restore the data to resume")
         return existing, sorted(r["id"] for r in store.finished_rows() if r["id"] in wanted)
 
     existing, done_ids = ranks.from_main(survey)
     done_ids = set(done_ids)
     todo = [s for s in samples if s.id not in done_ids]
-
-    data = describe_data(config.data or task.default_data, loaded, len(samples))
     record = RunRecord(task=task.describe(), data=data, model={"spec": config.model, "adapter": config.adapter},
                        config=_recorded(config), environment=environment(), created=now(),
                        scoring=config.scoring, suite=config.suite, synthetic=bool(data.get("synthetic"))).to_dict()
