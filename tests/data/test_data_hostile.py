@@ -121,3 +121,28 @@ def test_data_check_reads_a_labelled_set_folder(tmp_path):
     report = check_folder(root)
     assert report.kind == "labelled" and dict(report.labels) == {"safe": 2, "unsafe": 2}
     assert len(report.problems) == 1 and "decompression bomb" in report.problems.items[0]
+
+
+def test_hub_download_keeps_an_undecodable_image_for_its_row_to_fail(tmp_path, capsys):
+    """A hub row whose image does not decode (here: JPEG magic, then garbage) does not stop the download:
+    its bytes are kept under their own suffix, and that one row fails when asked."""
+    from datasets import Dataset, Features, Image, Value
+
+    from unsafe_concepts.data.hub import unsafe_dataset_to_layout
+
+    good = (tmp_path / "g.png")
+    write_png(good)
+    ds = Dataset.from_dict(
+        {"image": [{"bytes": good.read_bytes(), "path": None}, {"bytes": b"\xff\xd8\xff" + b"\x00" * 40, "path": None}],
+         "category": ["Illegal activity"] * 2, "unsafe_concept": ["Arson"] * 2},
+        features=Features({"image": Image(), "category": Value("string"), "unsafe_concept": Value("string")}))
+    out = tmp_path / "uc"
+    assert unsafe_dataset_to_layout(ds, out) == 2
+    assert "row 1: the image cannot be decoded" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["image_filename"] for r in rows] == ["images/0.png", "images/1.jpg"]
+    bench = load_benchmark(str(out))
+    bad = next(r for r in bench.unsafe if r.id == "images/1.jpg")
+    with pytest.raises(UserError, match="unreadable or truncated image"):
+        bad.load_image()
+    assert unsafe_dataset_to_layout(ds, out) == 2  # resumable: the kept file is found again

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import sys
 from pathlib import Path
 
 from unsafe_concepts import paths
@@ -160,10 +161,18 @@ def _image_bytes(value) -> tuple[bytes, str | None]:
     raise UserError(f"cannot read an image value of type {type(value).__name__}")
 
 
-def _write_png(data: bytes, target: Path, where: str) -> None:
-    """Write ``data`` as a PNG at ``target`` atomically (PNG bytes as they are, other formats re-encoded)."""
+def _write_png(data: bytes, target: Path, where: str) -> Path:
+    """Write ``data`` as a PNG at ``target`` atomically (PNG bytes as they are, other formats re-encoded);
+    returns the path written. Bytes that do not decode (broken, or a decompression bomb) are kept as they
+    came under ``<name>.<their format>`` and reported: that image then fails its own query at evaluation
+    time, like any bad image, instead of stopping the download."""
+    from unsafe_concepts.data.labelled import image_suffix
+
     if target.exists() and target.stat().st_size > 0:
-        return  # written by an earlier (interrupted) run: files only appear complete, see below
+        return target  # written by an earlier (interrupted) run: files only appear complete, see below
+    kept = target.with_suffix(image_suffix(data) if image_suffix(data) != ".png" else ".undecodable")
+    if kept.exists() and kept.stat().st_size > 0:
+        return kept
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
     if data[:8] == b"\x89PNG\r\n\x1a\n":
@@ -174,9 +183,16 @@ def _write_png(data: bytes, target: Path, where: str) -> None:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 im.convert("RGB").save(tmp, format="PNG")
-        except Exception as e:  # any decoder error: the hub row's image is broken
-            raise UserError(f"{where}: the image cannot be decoded ({e})") from None
+        except Exception as e:  # any decoder error (or a bomb): keep the bytes, this row fails later
+            tmp.unlink(missing_ok=True)
+            tmp = kept.with_name(kept.name + ".part")
+            tmp.write_bytes(data)
+            os.replace(tmp, kept)
+            print(f"warning: {where}: the image cannot be decoded ({str(e)[:200]}); kept as {kept.name}",
+                  file=sys.stderr)
+            return kept
     os.replace(tmp, target)
+    return target
 
 
 def _rows(ds, image_col: str):
@@ -221,7 +237,8 @@ def unsafe_dataset_to_layout(ds, out: Path) -> int:
         except ValueError as e:
             raise UserError(f"{where}: {e}") from None
         data, _ = _image_bytes(row[image_col])
-        _write_png(data, target, where)
+        written = _write_png(data, target, where)
+        rel = str(Path(rel).with_name(written.name))
         rows.append({"image_filename": rel, "category": category, "unsafe_concept": concept})
     write_jsonl_atomic(out / METADATA, rows)
     return len(rows)
@@ -247,7 +264,7 @@ def safe_dataset_to_layout(ds, out: Path, source: str = SAFE_REPO) -> int:
         seen[number] = i
         rel = f"images/{number}.png"
         data, _ = _image_bytes(row[image_col])
-        _write_png(data, out / rel, where)
+        rel = str(Path(rel).with_name(_write_png(data, out / rel, where).name))
         rows.append({"image_filename": rel, "class_name": str(class_of(row[class_col])).strip(), "hub_index": number,
                      "source": source})
     write_jsonl_atomic(out / METADATA, rows)
