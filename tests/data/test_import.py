@@ -116,3 +116,14 @@ def test_reference_image_names_map_to_evaluate_ids():
     assert reference_record_id("data/imagenet_1k/875.png") == "safe/images/875.png"
     assert reference_record_id("data/SMID/images/1925.jpg") == "1925"
     assert reference_record_id("data/NSFW/images/0.jpg") == "0"
+
+
+@needs_reference
+def test_reference_llavabench_answers_join_the_question_sheet(tmp_path):
+    """The reference's LLaVABench.xlsx (read without openpyxl) supplies category, caption and reference answer."""
+    import_answers(ANSWERS / "sft/LLaVABench_result.json", model="sft", task="llavabench", out=tmp_path / "l",
+                   data=str(REFERENCE / "LLaVABench.xlsx"), judge="none")
+    rows = _rows(tmp_path / "l")
+    assert len(rows) == 60 and rows[0]["id"] == "0" and rows[0]["category"] == "conv"
+    assert rows[0]["reference_answer"] == "The famous sight in the photo is Diamond Head."
+    assert {r["category"] for r in rows} == {"conv", "detail", "complex"}
