@@ -31,7 +31,7 @@ from unsafe_concepts.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent / "models"))
 sys.path.insert(0, str(Path(__file__).parent / "data"))
-from _data_helpers import make_dataset, write_jsonl, write_png  # noqa: E402
+from _data_helpers import make_dataset, write_jsonl  # noqa: E402
 from _openai_servers import ScriptedServer, completion  # noqa: E402
 
 KEY = "sk-test-Zq8Xv3Lm9Pk2Wr7Ty4Hn6"  # a key-shaped test value: never to appear in any written file
@@ -121,15 +121,6 @@ class Case:
     xfail: str | None = None
 
 
-def _prepared_run(tmp: Path, url: str, capsys_run, limit: int = 4) -> Path:
-    """A finished run folder of ``limit`` rows, made through the CLI."""
-    out = tmp / "run"
-    r = capsys_run(evaluate(url, out, limit=limit))
-    assert r.code == 0, r.err
-    assert len(rows_of(out)) == limit
-    return out
-
-
 def _edit_line(path: Path, index: int, new: bytes) -> None:
     lines = path.read_bytes().splitlines(keepends=True)
     lines[index] = new
@@ -202,14 +193,12 @@ def _four_rows_and_aside(tmp: Path, *_) -> None:
     assert list((tmp / "run").glob("*corrupt*")), "the damaged line was not set aside"
 
 
-def _corrected_command_runs(fix: Callable[[list], list]):
-    def check(tmp: Path, run, url: str) -> None:
-        _no_record(tmp)
-        r = run(fix(evaluate(url, tmp / "run", limit=2)))
-        assert r.code == 0, r.err
-        assert len(rows_of(tmp / "run")) == 2
-
-    return check
+def _corrected_command_runs(tmp: Path, run, url: str) -> None:
+    """Nothing was recorded by the refused command, so the corrected one (same --out) just runs."""
+    _no_record(tmp)
+    r = run(evaluate(url, tmp / "run", limit=2))
+    assert r.code == 0, r.err
+    assert len(rows_of(tmp / "run")) == 2
 
 
 def _run_json_edit(edit: Callable[[Path], None]):
@@ -244,11 +233,11 @@ CASES += [
          server=answering()),
     Case("unknown-model-leaves-no-record",
          lambda t, u: ["evaluate", "--model", "no-such-model", *TEXT_TASK, "--limit", "2", "--out", t / "run"],
-         2, r"no-such-model", server=answering(), check=_corrected_command_runs(lambda a: a)),
+         2, r"no-such-model", server=answering(), check=_corrected_command_runs),
     Case("missing-data-folder-leaves-no-record",
          lambda t, u: ["evaluate", "--model", "openai:m", "--base-url", u, "--task", "alignment_text_only",
                        "--data", t / "nope", "--limit", "2", "--out", t / "run"],
-         2, r"nope", server=answering(), check=_corrected_command_runs(lambda a: a)),
+         2, r"nope", server=answering(), check=_corrected_command_runs),
 ]
 
 
