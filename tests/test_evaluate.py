@@ -275,3 +275,28 @@ def test_changed_data_is_refused_on_resume(tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv, "--limit", "2"]) == 2
     assert "changed since this run was made" in capsys.readouterr().err
+
+
+def test_a_decompression_bomb_fails_its_own_row_only(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    def b64(image) -> str:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    bomb = b64(Image.new("1", (14000, 14000)))  # a few KB that decode to 196 million pixels (PIL refuses > 179M)
+    tsv = tmp_path / "MME.tsv"
+    tsv.write_text("index\tcategory\timage\tquestion\tanswer\n"
+                   f"0\tcolor\t{b64(Image.new('RGB', (16, 16), 'red'))}\tIs it red? Please answer yes or no.\tYes\n"
+                   f"1\tcolor\t{bomb}\tIs it blue? Please answer yes or no.\tNo\n")
+    out = tmp_path / "mme"
+    assert main(["evaluate", "--model", "tiny-vlm", "--task", "mme", "--data", str(tsv), "--out", str(out),
+                 "--max-new-tokens", "2"]) == 0
+    rows = {r["id"]: r for r in _rows(out)}
+    assert rows["0"]["error"] is None and rows["1"]["error"].startswith("image:")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 1 and metrics["n_error"] == 1 and metrics["details"]["n"] == 1

@@ -651,7 +651,7 @@ def _ask(config, task, todo, store, backend, gen, quiet, *, total: int, done: in
                 if callable(image):
                     try:
                         image = image()
-                    except (UserError, OSError, ValueError) as e:  # a bad image fails its own row
+                    except Exception as e:  # a bad image (corrupt, a decompression bomb, ...) fails its own row
                         failed[s.id] = f"image: {e}"
                         image = None
                 queries.append(Query(id=s.id, prompt=s.prompt, image=image))

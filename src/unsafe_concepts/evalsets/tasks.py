@@ -27,8 +27,12 @@ GENERAL_CHECK = RESOURCES / "general_check" / "yes_no.jsonl"
 def _image_of(item):
     """A path stays a path (recorded in the row); anything else is decoded when its batch is asked."""
     image = item.image
-    if isinstance(image, (str, Path)) and Path(image).is_file():
-        return str(image)
+    if isinstance(image, (str, Path)) and len(str(image)) < 4096:  # a long string is data (base64), not a path
+        try:
+            if Path(image).is_file():
+                return str(image)
+        except OSError:  # a name too long for the file system, ...: not a file
+            pass
     return item.load_image if hasattr(item, "load_image") else (lambda: _as_pil(image, item.id))
 
 
