@@ -217,6 +217,17 @@ def _run_json_edit(edit: Callable[[Path], None]):
     return argv
 
 
+def _credit_to_another_model(tmp: Path, url: str) -> list:
+    """run.json edited so that model m's rows would count as model "other"'s; then extended as "other"
+    (two more rows: without a check, answers of two models would be mixed in one run)."""
+    out = tmp / "run"
+    assert main(list(map(str, evaluate(url, out, limit=2)))) == 0
+    record = json.loads((out / "run.json").read_text())
+    record["config"]["model"] = "openai:other"
+    (out / "run.json").write_text(json.dumps(record))
+    return [a if a != "openai:m" else "openai:other" for a in evaluate(url, out, limit=4)]
+
+
 def _drop_config_field(path: Path) -> None:
     record = json.loads(path.read_text())
     record["config"].pop("task", None)
@@ -237,6 +248,8 @@ CASES += [
          r"run\.json.*not valid JSON", server=answering()),
     Case("run-json-not-utf8", _run_json_edit(lambda p: p.write_bytes(BAD_UTF8)), 2, r"run\.json",
          server=answering()),
+    Case("run-json-edited-to-credit-another-model", _credit_to_another_model, 2,
+         r"not the one this run was made", server=answering()),
     Case("unknown-model-leaves-no-record",
          lambda t, u: ["evaluate", "--model", "no-such-model", *TEXT_TASK, "--limit", "2", "--out", t / "run"],
          2, r"no-such-model", server=answering(), check=_corrected_command_runs),
