@@ -202,6 +202,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
 EXAMPLES = {
     "top": """examples:
   unsafe-concepts demo                                   # the offline pipeline: evaluate, judge, report
+  unsafe-concepts gap --model tiny-vlm --data sample --limit 12 --out runs/gap   # the modality gap, one command
   unsafe-concepts evaluate --model tiny-vlm --task alignment --data sample --limit 12 --out runs/a --judge rule
   unsafe-concepts report runs/a runs/b --out report/
   unsafe-concepts COMMAND --help                          # every command explains its flags
@@ -214,6 +215,12 @@ environment variables, exit codes and shell completion: docs/cli.md""",
   # an OpenAI-compatible server (vLLM, llama.cpp, ...); the key is read from $OPENAI_API_KEY
   unsafe-concepts evaluate --model openai:my-model --base-url http://127.0.0.1:8000/v1 \\
       --api-key-env OPENAI_API_KEY --task alignment_text_only --data sample --out runs/text""",
+    "gap": """examples:
+  unsafe-concepts gap --model tiny-vlm --data sample --limit 12 --out runs/gap   # offline, synthetic data
+  unsafe-concepts gap --model hf:llava-hf/llava-1.5-7b-hf --data data/unsafeconcepts --out runs/llava-gap""",
+    "judge apply": """examples:
+  unsafe-concepts judge apply --input runs/a/responses.jsonl --out judged.jsonl
+  unsafe-concepts judge apply --judge rule --input answers.jsonl --out judged.jsonl""",
     "report": """examples:
   unsafe-concepts report runs/llava-visual runs/llava-text --out report/""",
     "train": """examples:
@@ -274,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gap", help="the modality gap in one command: perception, visual and text-only alignment",
                        description="Run perception, alignment (images) and alignment_text_only (concepts named) "
                        "for one model into resumable run folders under --out, then print the gap table and "
-                       "write the report.")
+                       "write the report.", epilog=EXAMPLES["gap"])
     _add_model_args(p)
     _add_generation_args(p)
     _add_task_args(p)
@@ -303,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     # judge
     p = sub.add_parser("judge", help="turn free-form answers into verdicts; train and evaluate judges")
     jsub = p.add_subparsers(dest="judge_command", metavar="ACTION", required=True)
-    q = jsub.add_parser("apply", help="add a verdict to every row of a JSONL file (rows need task, prompt, response)")
+    q = jsub.add_parser("apply", help="add a verdict to every row of a JSONL file (rows need task, prompt, response)",
+                        epilog=EXAMPLES["judge apply"])
     q.add_argument("--judge", help="rule, classifier[:DIR], roberta-ref[:PATH], llm:<model spec>; "
                    "default: the default judge, classifier")
     q.add_argument("--input", required=True, help="JSONL file of rows to judge (e.g. a run's responses.jsonl)")
