@@ -401,7 +401,44 @@ def _report_is_safe(tmp: Path, *_) -> None:
                 assert not cell.startswith(("=", "+", "@")), f"formula cell {cell!r} in {csv.name}"
 
 
+def _report_of_damaged_run(tmp: Path, url: str) -> list:
+    out = tmp / "run"
+    assert main(list(map(str, evaluate(url, out)))) == 0
+    _edit_line(out / "responses.jsonl", 1, BAD_UTF8)
+    return ["report", out, "--out", tmp / "report"]
+
+
+def _escaping_path(tmp: Path, url: str) -> list:
+    root = make_dataset(tmp / "ds", {"Arson": 2})
+    rows = [json.loads(line) for line in (root / "metadata.jsonl").read_text().splitlines()]
+    rows[0]["image_filename"] = "../../../../../../etc/hostname"
+    write_jsonl(root / "metadata.jsonl", rows)
+    return ["data", "check", root]
+
+
+def _write(name: str, content: bytes, argv: Callable[[Path], list]):
+    def build(tmp: Path, url: str) -> list:
+        (tmp / name).write_bytes(content)
+        return argv(tmp)
+
+    return build
+
+
 CASES += [
+    Case("report-of-a-run-with-a-non-utf8-line", _report_of_damaged_run, 0, "", server=answering(),
+         check=lambda t, *_: (t / "report" / "report.html").is_file() or pytest.fail("no report.html")),
+    Case("report-of-a-folder-that-is-no-run", lambda t, u: ["report", t, "--out", t / "report"], 2, r"run"),
+    Case("image-path-escaping-the-dataset", _escaping_path, 2, r"outside|escape|\.\."),
+    Case("judge-eval-not-utf8", _write("labelled.jsonl", BAD_UTF8, lambda t: ["judge", "eval", "--judge", "rule",
+                                                                              "--input", t / "labelled.jsonl"]),
+         2, r"UTF-8|utf-8|encod"),
+    Case("train-config-not-utf8",
+         _write("train.yaml", b"learning_rate: \xff\xfe\n", lambda t: [
+             "train", "ppo", "--model", "smollm2-135m", "--modality", "text", "--data", "sample", "--out",
+             t / "train", "--config", t / "train.yaml"]), 2, r"UTF-8|utf-8|encod|config"),
+    Case("import-not-utf8", _write("answers.jsonl", BAD_UTF8, lambda t: [
+        "import", t / "answers.jsonl", "--model", "m", "--task", "alignment_text_only", "--out", t / "run",
+        "--judge", "none"]), 2, r"UTF-8|utf-8|encod|answers\.jsonl"),
     Case("decompression-bomb-image-fails-its-row", _bomb_dataset, 0, "", server=answering(),
          check=_bomb_row_failed_alone),
     Case("image-path-of-5000-chars", _long_path_dataset, 2, r"image|path|long"),
