@@ -137,7 +137,8 @@ class Attacker:
         dtype = enc["pixel_values"].dtype
         feed = {k: v for k, v in enc.items() if k != "pixel_values"}
         # Only the last position's logits are needed (the answer's first token).
-        logits = self.model(**feed, pixel_values=((pixels - mean) / std).to(dtype), logits_to_keep=1).logits[0, -1].float()
+        out = self.model(**feed, pixel_values=((pixels - mean) / std).to(dtype), logits_to_keep=1)
+        logits = out.logits[0, -1].float()
         log_probs = torch.log_softmax(logits, dim=-1)
         safe = torch.logsumexp(log_probs[self.token_ids[SAFE_OPTION]], dim=0)
         unsafe = torch.logsumexp(log_probs[self.token_ids[UNSAFE_OPTION]], dim=0)

@@ -165,6 +165,9 @@ def load_hf_model(
             raise UserError(f"cannot load the processor of {spec_or_path!r}: {e}") from None
         if getattr(processor, "image_processor", None) is None:
             processor = None  # a VLM architecture shipped without an image processor: use it as text-only
+    from unsafe_concepts.models import inputs
+
+    inputs.check_prompt_format(prompt_format, vlm=processor is not None)  # before the weights are read
     try:
         if processor is not None:
             model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype, **remote, **placement)

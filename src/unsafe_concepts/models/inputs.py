@@ -61,14 +61,20 @@ def configure(processor, *, prompt_format: str | None = None, model_type: str | 
 
     Everyone who later encodes with this processor (evaluation, the trainers, the attack) then
     builds the same inputs without passing the format around."""
-    name = prompt_format or "auto"
-    if name not in PROMPT_FORMATS:
-        raise UserError(f"unknown --prompt-format {name!r}; choose one of: " + ", ".join(PROMPT_FORMATS))
-    if name == "llava-v1" and not is_vlm(processor):
-        raise UserError("--prompt-format llava-v1 is LLaVA's conversation format: it needs a VLM")
+    name = check_prompt_format(prompt_format, vlm=is_vlm(processor))
     setattr(processor, _FORMAT_ATTR, name)
     if model_type:
         setattr(processor, _MODEL_TYPE_ATTR, model_type)
+
+
+def check_prompt_format(name: str | None, *, vlm: bool) -> str:
+    """The format's name ("auto" for None), or a UserError naming the choices."""
+    name = name or "auto"
+    if name not in PROMPT_FORMATS:
+        raise UserError(f"unknown --prompt-format {name!r}; choose one of: " + ", ".join(PROMPT_FORMATS))
+    if name == "llava-v1" and not vlm:
+        raise UserError("--prompt-format llava-v1 is LLaVA's conversation format: it needs a VLM")
+    return name
 
 
 def prompt_format(processor) -> str:
@@ -175,7 +181,8 @@ def encode(processor, prompts: Sequence[str], images: Sequence[Any] | None = Non
     tok = tokenizer_of(processor)
     bos = tok.bos_token
     # As transformers does: a template that already starts with BOS must not get a second one.
-    kwargs = {"padding": True, "return_tensors": "pt", "add_special_tokens": not (bos and texts and texts[0].startswith(bos))}
+    add_bos = not (bos and texts and texts[0].startswith(bos))
+    kwargs = {"padding": True, "return_tensors": "pt", "add_special_tokens": add_bos}
     if vlm:
         inputs = processor(text=texts, images=[[im] for im in pil] if pil is not None else None, **kwargs)
         inputs.pop("labels", None)  # PaliGemma's processor adds training labels; the model input needs none
@@ -186,5 +193,6 @@ def encode(processor, prompts: Sequence[str], images: Sequence[Any] | None = Non
     return tok(texts, **kwargs)
 
 
-__all__ = ["LLAVA_V1_SYSTEM", "PROMPT_FORMATS", "NO_TEMPLATE_FORMATS", "IMAGE_REQUIRED", "is_vlm", "tokenizer_of", "configure",
-           "prompt_format", "image_token", "chat_messages", "chat_text", "blank_image", "load_image", "encode"]
+__all__ = ["LLAVA_V1_SYSTEM", "PROMPT_FORMATS", "NO_TEMPLATE_FORMATS", "IMAGE_REQUIRED", "is_vlm", "tokenizer_of",
+           "configure", "check_prompt_format", "prompt_format", "image_token", "chat_messages", "chat_text",
+           "blank_image", "load_image", "encode"]
