@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -409,6 +410,10 @@ class PPOTrainer:
         config.validate()
         if not items:
             raise UserError("PPO needs at least one training item")
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes"):
+            raise UserError("PPO runs data-parallel (one model copy per process, gradients summed); it does not run "
+                            "under DeepSpeed ZeRO: launch it with configs/accelerate/multi_gpu.yaml or torchrun "
+                            "(a 7B model with LoRA fits one 80 GB GPU, see docs/scale-out.md)")
         self.dist = common.Dist()
         for name in ("rollout_batch_size", "mini_batch_size"):
             if getattr(config, name) % self.dist.world:
