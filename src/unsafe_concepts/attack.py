@@ -218,7 +218,7 @@ def _mean(values: list[float]) -> float | None:
 def _open_folder(store, config: AttackConfig) -> dict:
     record = store.read_record() if store.run_json.exists() else None
     if record is None:
-        from unsafe_concepts.runs import environment
+        from unsafe_concepts.record import environment
 
         return {"kind": "attack", "config": {"task": f"attack_{config.method}", **asdict(config)},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "environment": environment()}
