@@ -455,8 +455,13 @@ def summarize_run(rows: list[dict], task: str, *, kind: str, after_training: boo
     if kind == "after_training":
         from unsafe_concepts.evalsets.diversity import self_bleu
 
-        texts = [r.get("response") or "" for r in rows if not r.get("error") and r.get("response") is not None]
+        answered = [r for r in rows if not r.get("error") and r.get("response") is not None]
+        texts = [r.get("response") or "" for r in answered]
         out["diversity"] = self_bleu(texts) if len(texts) > 1 else None
+        if out["diversity"] is not None:  # per half too, as the reference reports it
+            for half in ("safe", "unsafe"):
+                part = [r.get("response") or "" for r in answered if r.get("label") == half]
+                out["diversity"][half] = self_bleu(part) if len(part) > 1 else None
     return out
 
 

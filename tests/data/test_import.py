@@ -41,6 +41,8 @@ def test_reference_unsafeconcepts_test_file_becomes_a_judged_run(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["judge"] == "rule" and metrics["n"] == 690
     assert round(metrics["diversity"]["one_minus_self_bleu"], 3) == 0.156  # NLTK's figure on this file
+    assert round(metrics["diversity"]["safe"]["one_minus_self_bleu"], 3) == 0.308  # and per half
+    assert round(metrics["diversity"]["unsafe"]["one_minus_self_bleu"], 3) == 0.017
     assert 0.9 < metrics["overall"]["value"] <= 1.0
 
 
