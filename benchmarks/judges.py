@@ -1,9 +1,10 @@
 """Judge speed on 2,000 real LLaVA-1.5-7B answers of the reference (UnsafeConcepts_TEST, NSFW, SMID, context).
 
-Prints ``rule_per_s:`` and ``classifier_per_s:`` (the default judges as shipped), and, measured side by
-side in the same run, the same judges as they were before the speed work (their source is read from git
-history, commit OLD_COMMIT), so that the ratios hold on a loaded machine too. Also prints how many verdicts
-the fast paths change (must be 0 for the rule judge; int8 vs fp32 for the classifier).
+Prints ``rule_per_s:`` and ``classifier_per_s:`` (the judges as shipped), ``ensemble_per_s:`` (rule-first
+combination) and ``classifier_int8_per_s:`` (dynamic int8, off by default: it lowered held-out accuracy),
+and, measured side by side in the same run, the rule and classifier judges as they were before the speed
+work (their source is read from git history, commit OLD_COMMIT), so that the ratios hold on a loaded
+machine too. Also prints how many verdicts each fast path changes.
 
     .venv/bin/python benchmarks/judges.py [--reference /work/shared/reference] [--n 2000]
 """
@@ -91,10 +92,16 @@ def main() -> None:
     fast = ClassifierJudge.load(directory)
     cls_s, fast_v = per_second(fast.judge, items)
     print(f"classifier_per_s: {cls_s:.1f} (int8: {fast.int8})")
-    fp32 = ClassifierJudge.load(directory, int8=False)
-    fp32_s, fp32_v = per_second(fp32.judge, items)
-    print(f"classifier_fp32_per_s: {fp32_s:.1f}")
-    print(f"classifier_int8_vs_fp32_changed: {sum(a.label != b.label for a, b in zip(fast_v, fp32_v))}")
+    from unsafe_concepts.judges.ensemble import EnsembleJudge
+
+    ens = EnsembleJudge(fast)
+    ens_s, ens_v = per_second(ens.judge, items)
+    print(f"ensemble_per_s: {ens_s:.1f} (encoder read {ens.n_classifier} of {len(items)})")
+    print(f"ensemble_vs_classifier_changed: {sum(a.label != b.label for a, b in zip(ens_v, fast_v))}")
+    int8 = ClassifierJudge.load(directory, int8=True)
+    int8_s, int8_v = per_second(int8.judge, items)
+    print(f"classifier_int8_per_s: {int8_s:.1f}")
+    print(f"classifier_int8_changed: {sum(a.label != b.label for a, b in zip(int8_v, fast_v))}")
     old_cls = old_module("src/unsafe_concepts/judges/classifier.py", "classifier_old")
     if old_cls is not None:
         old_judge = old_cls.ClassifierJudge.load(directory)

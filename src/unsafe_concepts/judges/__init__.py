@@ -4,6 +4,7 @@
 - ``rule``: the careful rule reader (pure Python);
 - ``first-word``: the naive first-word baseline (for comparison only);
 - ``classifier``: the default fine-tuned MiniLM judge (trained once at setup); ``classifier:<dir>``: a given one;
+- ``ensemble[:<dir>]``: the rule's verdict where it reads an opening yes/no, the classifier elsewhere (faster);
 - ``roberta-ref[:<path or hub id>]``: the paper's published RoBERTa judges (state-dict checkpoints);
 - ``llm:<model spec>``: any model backend asked with a fixed rubric (e.g. ``llm:smollm2-135m``).
 """
@@ -25,8 +26,8 @@ from unsafe_concepts.judges.base import (
 
 DEFAULT_JUDGE = "classifier"  # the one default of evaluate, judge apply, training rewards and the demo
 
-JUDGE_NAMES = ("rule", "first-word", "classifier", "classifier:<dir>", "roberta-ref[:<path or hub id>]",
-               "llm:<model spec>")
+JUDGE_NAMES = ("rule", "first-word", "classifier", "classifier:<dir>", "ensemble[:<dir>]",
+               "roberta-ref[:<path or hub id>]", "llm:<model spec>")
 
 
 def load_judge(name: str | None = None) -> Judge:
@@ -45,6 +46,11 @@ def load_judge(name: str | None = None) -> Judge:
         from unsafe_concepts.judges.classifier import ClassifierJudge, ensure_default_judge
 
         return ClassifierJudge.load(arg or ensure_default_judge())
+    if kind == "ensemble":
+        from unsafe_concepts.judges.classifier import ClassifierJudge, ensure_default_judge
+        from unsafe_concepts.judges.ensemble import EnsembleJudge
+
+        return EnsembleJudge(ClassifierJudge.load(arg or ensure_default_judge()))
     if kind == "roberta-ref":
         from unsafe_concepts.judges.roberta_ref import RobertaRefJudge
 
