@@ -11,8 +11,9 @@ peak is that method's alone:
     .venv/bin/python benchmarks/train_memory.py [--methods ppo,sft,dpo,grpo] [--steps 2] [--judge classifier]
         [--set key=value ...]   # e.g. --set micro_batch_size=2 to see its effect
 
-Prints, per method: ``peak_mb_<method>: X`` and ``step_s_<method>: X`` (wall time of the steps
-divided by their number, model loading excluded), then the settings that were used.
+Prints, per method: ``peak_mb_<method>: X``, ``step_s_<method>: X`` (wall time of the steps divided
+by their number, model loading excluded) and ``step_cpu_s_<method>: X`` (the process's CPU time per
+step: comparable across runs on a machine shared with other jobs), then the settings used.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def run_method(method: str, steps: int, model: str, judge: str, overrides: dict)
 
     import torch
 
+    def cpu_seconds() -> float:  # this process's CPU time: robust to other jobs sharing the machine
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     from unsafe_concepts.train import trainer_module
 
     module = trainer_module(method)
@@ -52,23 +57,24 @@ def run_method(method: str, steps: int, model: str, judge: str, overrides: dict)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
+        cpu0 = None
         if method == "ppo":
             from unsafe_concepts.train import ppo
             from unsafe_concepts.train.data import load_items
 
             items = load_items(config.data, modality=config.modality, split="train", seed=config.data_seed)
             trainer = ppo.PPOTrainer(config, items, quiet=True)
-            loaded = time.perf_counter()
+            loaded, cpu0 = time.perf_counter(), cpu_seconds()
             for step in range(steps):
                 trainer.train_step(trainer.batch_for_step(step))
                 trainer.step += 1
-            done = time.perf_counter()
+            done, cpu1 = time.perf_counter(), cpu_seconds()
             micro = trainer.micro_batch
         else:
             trainer, _, _ = module.build_trainer(config)
-            loaded = time.perf_counter()
+            loaded, cpu0 = time.perf_counter(), cpu_seconds()
             trainer.train()
-            done = time.perf_counter()
+            done, cpu1 = time.perf_counter(), cpu_seconds()
             micro = trainer.args.per_device_train_batch_size
     if torch.cuda.is_available():
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -77,6 +83,7 @@ def run_method(method: str, steps: int, model: str, judge: str, overrides: dict)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
         where = "peak RSS"
     return {"method": method, "peak_mb": peak_mb, "measure": where, "step_s": (done - loaded) / steps,
+            "step_cpu_s": (cpu1 - cpu0) / steps,
             "load_s": loaded - t0, "micro_batch": micro, "threads": torch.get_num_threads(),
             "settings": {k: v for k, v in config.to_dict().items()
                          if k in ("batch_size", "rollout_batch_size", "mini_batch_size", "micro_batch_size",
@@ -95,7 +102,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.child:
-        print("RESULT " + json.dumps(run_method(args.child, args.steps, args.model, args.judge, overrides)), flush=True)
+        result = run_method(args.child, args.steps, args.model, args.judge, overrides)
+        print("RESULT " + json.dumps(result), flush=True)
+        if os.environ.get("TRAIN_MEMORY_RESULTS"):  # optional: keep every result (JSON lines)
+            with open(os.environ["TRAIN_MEMORY_RESULTS"], "a", encoding="utf-8") as f:
+                f.write(json.dumps(result) + "\n")
         return 0
     failed = 0
     for method in args.methods.split(","):
@@ -110,6 +121,7 @@ def main(argv=None) -> int:
         r = json.loads(lines[-1][len("RESULT "):])
         print(f"peak_mb_{method}: {r['peak_mb']:.0f}")
         print(f"step_s_{method}: {r['step_s']:.1f}")
+        print(f"step_cpu_s_{method}: {r['step_cpu_s']:.1f}")
         print(f"  ({r['measure']}; micro-batch {r['micro_batch']}; {r['threads']} threads; load {r['load_s']:.0f} s; "
               f"{json.dumps(r['settings'])})", flush=True)
     return 1 if failed else 0
