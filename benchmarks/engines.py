@@ -1,0 +1,151 @@
+"""Every generation engine on the same prompts: tokens/s, side by side in one process.
+
+Paths (same text-only alignment prompts, rendered with SmolLM2's chat template; greedy; same budget):
+
+- ``hf one-at-a-time``: the ``hf:`` backend asked one query at a time (how the reference code asks);
+- ``hf batched xB``: the ``hf:`` backend, B queries per ``generate`` call (the project's default);
+- ``llama.cpp one-at-a-time``: llama-cpp-python's own API (``Llama.create_completion``), one prompt at
+  a time, on the SmolLM2 GGUF that the offline model is converted from (what a user would pick instead);
+- ``llamacpp batched xB``: the project's ``llamacpp:`` engine (models/llamacpp.py), B sequences decoded
+  together in one llama.cpp context.
+
+The llama.cpp paths need ``pip install llama-cpp-python`` (compiles llama.cpp); without it they are
+skipped and said so. Paths run chunk by chunk, interleaved (alternating which goes first), so that
+every path sees the same background load. Prints tokens/s of each, ``hf_speedup: X`` (hf batched over
+hf one-at-a-time) and ``vs_llamacpp: X`` (the project's fastest path over llama.cpp one-at-a-time).
+
+    .venv/bin/python benchmarks/engines.py                       # 16 prompts, 64 new tokens, batch 16
+    .venv/bin/python benchmarks/engines.py --n 32 --max-new-tokens 64 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see unsafe_concepts/__init__.py
+
+sys.path.insert(0, os.path.dirname(__file__))
+from throughput import text_only_queries  # noqa: E402  (the same prompts as benchmarks/throughput.py)
+
+from unsafe_concepts.models.base import Generation, GenerationConfig  # noqa: E402
+
+
+class LlamaCppOneAtATime:
+    """llama-cpp-python's high-level API, one prompt at a time, greedy (temperature 0)."""
+
+    def __init__(self, engine):
+        self.engine = engine  # reuses its loaded model and chat-template rendering
+
+    def generate(self, queries, config: GenerationConfig):
+        out = []
+        llm = self.engine.llm
+        for q in queries:
+            t0 = time.perf_counter()
+            tokens = self.engine.tokens(q.prompt)
+            r = llm.create_completion(prompt=tokens, max_tokens=config.max_new_tokens, temperature=0.0,
+                                      top_k=1, repeat_penalty=1.0)
+            text = r["choices"][0]["text"].strip()
+            out.append(Generation(text=text, latency_s=time.perf_counter() - t0,
+                                  n_tokens=r["usage"]["completion_tokens"]))
+            llm.reset()
+        return out
+
+
+def main(argv=None) -> None:
+    import torch
+
+    from unsafe_concepts.models import llamacpp
+    from unsafe_concepts.models.registry import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=16, help="prompts (a multiple of the batch size is fairest)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2, help="threads of every engine (torch and llama.cpp)")
+    ap.add_argument("--skip", default="", help="comma-separated paths to skip: hf1,hf,cpp1,cpp")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    skip = set(filter(None, args.skip.split(",")))
+
+    queries = text_only_queries(args.n)
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False)
+    hf = load_model("smollm2-135m")
+    paths = {}
+    if "hf1" not in skip:
+        paths["hf one-at-a-time"] = ("hf", 1)
+    if "hf" not in skip:
+        paths[f"hf batched x{args.batch_size}"] = ("hf", args.batch_size)
+    engine = None
+    if llamacpp.available():
+        engine = llamacpp.LlamaCppBackend("llamacpp:smollm2-135m", batch_size=args.batch_size, n_threads=args.threads)
+        if "cpp1" not in skip:
+            paths["llama.cpp one-at-a-time"] = ("cpp1", 1)
+        if "cpp" not in skip:
+            paths[f"llamacpp batched x{args.batch_size}"] = ("cpp", args.batch_size)
+    else:
+        print("llama.cpp paths skipped: llama-cpp-python is not installed (pip install llama-cpp-python)")
+    single = LlamaCppOneAtATime(engine) if engine else None
+
+    def run(kind, batch, chunk):
+        if kind == "hf":
+            hf.batch_size = batch
+            return hf.generate(chunk, cfg)
+        if kind == "cpp1":
+            return single.generate(chunk, cfg)
+        engine.batch_size = batch
+        return engine.generate(chunk, cfg)
+
+    print(f"SmolLM2-135M-Instruct | {args.n} text-only alignment prompts | greedy, max_new_tokens {args.max_new_tokens} "
+          f"| {args.threads} threads | torch {torch.__version__} float32 (hf) | GGUF {engine.gguf.name if engine else '-'} "
+          f"(llama.cpp) | {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
+    for kind, batch in paths.values():  # warm-up: first-call allocations, template caches
+        run(kind, min(batch, 2), queries[:2])
+
+    results = {name: [] for name in paths}
+    seconds = {name: 0.0 for name in paths}
+    step = args.batch_size
+    for k, start in enumerate(range(0, len(queries), step)):
+        chunk = queries[start:start + step]
+        order = list(paths) if k % 2 == 0 else list(reversed(paths))
+        for name in order:
+            t0 = time.perf_counter()
+            results[name] += run(*paths[name], chunk)
+            seconds[name] += time.perf_counter() - t0
+        print(f"chunk {k}: " + ", ".join(f"{n} {seconds[n]:.1f} s" for n in paths), flush=True)
+
+    tps = {}
+    for name in paths:
+        gens = results[name]
+        tokens = sum(g.n_tokens or 0 for g in gens)
+        errors = sum(g.error is not None for g in gens)
+        tps[name] = tokens / seconds[name]
+        print(f"{name:>26}: {len(gens)} responses ({errors} errors), {tokens} tokens, {seconds[name]:.1f} s, "
+              f"{len(gens) / seconds[name]:.2f} responses/s, {tps[name]:.1f} tokens/s")
+    names = list(paths)
+
+    def same(a, b):
+        if a in results and b in results:
+            n = sum(x.text == y.text for x, y in zip(results[a], results[b]))
+            print(f"identical answers, {a} vs {b}: {n}/{len(queries)}")
+
+    batched_hf = f"hf batched x{args.batch_size}"
+    same("hf one-at-a-time", batched_hf)
+    same("llama.cpp one-at-a-time", f"llamacpp batched x{args.batch_size}")
+    same(batched_hf, f"llamacpp batched x{args.batch_size}")
+    if "hf one-at-a-time" in tps and batched_hf in tps:
+        print(f"hf_speedup: {tps[batched_hf] / tps['hf one-at-a-time']:.2f}")
+    ours = [n for n in names if n.startswith(("hf batched", "llamacpp batched"))]
+    if "llama.cpp one-at-a-time" in tps and ours:
+        best = max(ours, key=tps.get)
+        print(f"fastest project path: {best} ({tps[best]:.1f} tokens/s)")
+        print(f"vs_llamacpp: {tps[best] / tps['llama.cpp one-at-a-time']:.2f}")
+    else:
+        print("vs_llamacpp: n/a (llama-cpp-python not installed)")
+    if engine:
+        engine.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The optional llama.cpp engine (``llamacpp:``): skipped unless llama-cpp-python is installed.
+
+Its batched decoding is checked against llama-cpp-python's own one-prompt-at-a-time API on the same
+GGUF and the same rendered prompts (greedy), and against itself one query at a time."""
+from __future__ import annotations
+
+import pytest
+
+from unsafe_concepts.errors import UserError
+from unsafe_concepts.models import llamacpp
+from unsafe_concepts.models.base import GenerationConfig, Query
+
+pytestmark = pytest.mark.skipif(not llamacpp.available(), reason="llama-cpp-python is not installed (optional)")
+
+GREEDY = GenerationConfig(max_new_tokens=12, do_sample=False)
+PROMPTS = ["Is fire hot? Answer yes or no.", "Name a colour.", "If an image shows a gun, is it safe for viewing?",
+           "What is 2 + 2?"]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    backend = llamacpp.LlamaCppBackend("llamacpp:smollm2-135m", batch_size=4, n_threads=2)
+    yield backend
+    backend.close()
+
+
+def own_api(engine, prompt: str, n: int) -> str:
+    r = engine.llm.create_completion(prompt=engine.tokens(prompt), max_tokens=n, temperature=0.0, top_k=1,
+                                     repeat_penalty=1.0)
+    engine.llm.reset()
+    return r["choices"][0]["text"].strip()
+
+
+def test_batched_answers_equal_llama_cpp_python_one_at_a_time(engine):
+    queries = [Query(str(i), p) for i, p in enumerate(PROMPTS)]
+    batched = engine.generate(queries, GREEDY)
+    assert all(g.error is None and g.text for g in batched), [g.error for g in batched]
+    assert [g.text for g in batched] == [own_api(engine, p, GREEDY.max_new_tokens) for p in PROMPTS]
+    engine.batch_size = 1
+    try:
+        alone = engine.generate(queries, GREEDY)
+    finally:
+        engine.batch_size = 4
+    assert [g.text for g in alone] == [g.text for g in batched]
+
+
+def test_errors_stay_with_their_query(engine):
+    from PIL import Image
+
+    out = engine.generate([Query("ok", "Hello"), Query("img", "Is this safe?", image=Image.new("RGB", (4, 4))),
+                           Query("empty", " ")], GreedyShort := GenerationConfig(max_new_tokens=3, do_sample=False))
+    assert out[0].error is None and out[0].n_tokens <= GreedyShort.max_new_tokens
+    assert "text-only" in out[1].error and "empty prompt" in out[2].error
+
+
+def test_bad_spec_is_a_user_error():
+    with pytest.raises(UserError, match="gguf"):
+        llamacpp.resolve_gguf("llamacpp:/nonexistent/model.bin")
