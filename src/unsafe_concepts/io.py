@@ -26,6 +26,17 @@ class JSONLContent:
     bad: list[tuple[int, bytes, str]] = field(default_factory=list)
     torn_tail: bool = False  # the last line had no newline and did not parse: a write cut by a kill
     good_bytes: int = 0  # length of the prefix of complete lines
+    numbers: list[int] = field(default_factory=list)  # the 1-based line number of each row in ``rows``
+    lines: int = 0  # lines in the file
+
+    def raise_if_bad(self, path: str | Path) -> None:
+        """For input files (not run stores): the first broken line, torn last line included, as a UserError
+        naming the file and the line."""
+        if self.bad:
+            number, _, why = self.bad[0]
+            raise UserError(f"{path}:{number}: {why}")
+        if self.torn_tail:
+            raise UserError(f"{path}:{self.lines}: not JSON (the last line is cut off)")
 
 
 def read_jsonl(path: str | Path, *, require_id: bool = False) -> JSONLContent:
@@ -44,6 +55,7 @@ def read_jsonl(path: str | Path, *, require_id: bool = False) -> JSONLContent:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
     out = JSONLContent([])
     lines = data.splitlines(keepends=True)
+    out.lines = len(lines)
     for number, line in enumerate(lines, start=1):
         complete = line.endswith(b"\n")
         if not line.strip():
@@ -63,6 +75,7 @@ def read_jsonl(path: str | Path, *, require_id: bool = False) -> JSONLContent:
                 why = "no 'id'"
         if why is None:
             out.rows.append(row)
+            out.numbers.append(number)
         elif not complete and number == len(lines):
             out.torn_tail = True
             continue
@@ -75,11 +88,16 @@ def read_jsonl(path: str | Path, *, require_id: bool = False) -> JSONLContent:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` so that readers see the old file or the new one, never half of it (fsync + rename)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """``write_text_atomic`` for bytes (an image file, say)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         # mkstemp makes the file private (0600); give it the mode a plain open() would have
@@ -116,6 +134,7 @@ def build_dir(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private (0700); give it a plain mkdir's mode
         yield tmp
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
