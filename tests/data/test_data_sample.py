@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import numpy as np
@@ -65,7 +66,10 @@ def test_sample_is_generated_once_and_reused(sample):
     stamp = (first / "metadata.jsonl").stat().st_mtime_ns
     assert ensure_sample() == first == sample.root
     assert (first / "metadata.jsonl").stat().st_mtime_ns == stamp
-    assert not list(first.parent.glob(".sample-*"))  # no leftover temporary folders
+    assert not list(first.parent.glob(".sample.*.tmp")) + list(first.parent.glob(".sample.old-*"))  # no leftovers
+    umask = os.umask(0)
+    os.umask(umask)
+    assert first.stat().st_mode & 0o777 == 0o777 & ~umask  # built in a temporary folder, yet not private (0700)
 
 
 def test_placeholders_differ_by_concept_and_carry_no_text_by_default():

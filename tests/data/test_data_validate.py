@@ -56,9 +56,9 @@ def test_check_reports_every_problem_with_row_and_reason(tmp_path):
         9: "unknown concept 'Dragons'",
         10: "concept 'Swastika' is filed under 'Violence', but belongs to 'Hate'",
         11: "unknown category 'Nonsense'",
-        12: "malformed JSON",
+        12: "not JSON",
         13: "missing field(s) 'unsafe_concept'",
-        14: "expected a JSON object",
+        14: "a JSON list, not an object",
     }
     for line, what in expected.items():
         assert any(p.startswith(f"metadata.jsonl line {line}") and what in p for p in report.problems.items), \
@@ -116,3 +116,16 @@ def test_unknown_dataset_spec_and_missing_metadata(tmp_path):
         load_benchmark(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="no metadata.jsonl here"):
         load_benchmark(str(tmp_path))
+
+
+def test_check_names_a_non_utf8_line_and_a_cut_off_last_line(tmp_path):
+    """Both read by the one JSONL reader (``unsafe_concepts.io``): each bad line named, the good rows after
+    a bad one still checked."""
+    root = make_dataset(tmp_path / "ds", {"Arson": 2})
+    meta = root / "metadata.jsonl"
+    good = meta.read_bytes().splitlines(keepends=True)
+    meta.write_bytes(b'{"image_filename": "images/\xff.png"}\n' + b"".join(good) + b'{"image_filename": "ima')
+    report = check_folder(root)
+    assert [p.split(": ", 1)[0] for p in report.problems.items] == ["metadata.jsonl line 1", "metadata.jsonl line 4"]
+    assert "not UTF-8" in report.problems.items[0] and "cut off" in report.problems.items[1]
+    assert report.per_category["Illegal activity"] == 2

@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 
 from unsafe_concepts import paths
-from unsafe_concepts.data.layout import METADATA, SAFE_DIR, resolve_inside, write_jsonl_atomic
+from unsafe_concepts.data.layout import METADATA, SAFE_DIR, file_number, resolve_inside
 from unsafe_concepts.errors import UserError
+from unsafe_concepts.io import write_bytes_atomic, write_jsonl_atomic
 from unsafe_concepts.taxonomy import CONCEPT_TO_CATEGORY
 
 UNSAFE_REPO = "yiting/UnsafeConcepts"
@@ -174,24 +175,20 @@ def _write_png(data: bytes, target: Path, where: str) -> Path:
     if kept.exists() and kept.stat().st_size > 0:
         return kept
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        tmp.write_bytes(data)
-    else:
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
         from PIL import Image
 
         try:
             with Image.open(io.BytesIO(data)) as im:
-                im.convert("RGB").save(tmp, format="PNG")
+                png = io.BytesIO()
+                im.convert("RGB").save(png, format="PNG")
+                data = png.getvalue()
         except Exception as e:  # any decoder error (or a bomb): keep the bytes, this row fails later
-            tmp.unlink(missing_ok=True)
-            tmp = kept.with_name(kept.name + ".part")
-            tmp.write_bytes(data)
-            os.replace(tmp, kept)
+            write_bytes_atomic(kept, data)
             print(f"warning: {where}: the image cannot be decoded ({str(e)[:200]}); kept as {kept.name}",
                   file=sys.stderr)
             return kept
-    os.replace(tmp, target)
+    write_bytes_atomic(target, data)
     return target
 
 
@@ -258,7 +255,7 @@ def safe_dataset_to_layout(ds, out: Path, source: str = SAFE_REPO) -> int:
     seen: dict[int, int] = {}
     for i, row in _rows(ds, image_col):
         where = f"{source} row {i}"
-        number = _file_number(row[id_col], where) if id_col else i
+        number = file_number(row[id_col], id_col, where) if id_col else i
         if number in seen:
             raise UserError(f"{where}: {id_col} {number} repeats row {seen[number]} (image file names must be unique)")
         seen[number] = i
@@ -269,19 +266,6 @@ def safe_dataset_to_layout(ds, out: Path, source: str = SAFE_REPO) -> int:
                      "source": source})
     write_jsonl_atomic(out / METADATA, rows)
     return len(rows)
-
-
-def _file_number(value, where: str) -> int:
-    """The ``id`` of a safe hub row as the non-negative integer its file is named by."""
-    if isinstance(value, bool) or value is None:
-        raise UserError(f"{where}: id must be a non-negative integer, got {value!r}")
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise UserError(f"{where}: id must be a non-negative integer, got {value!r}") from None
-    if number < 0:
-        raise UserError(f"{where}: id must be a non-negative integer, got {value!r}")
-    return number
 
 
 # ---------------------------------------------------------------- entry points

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import os
 from pathlib import Path
 
 from unsafe_concepts import paths
-from unsafe_concepts.data.layout import METADATA, Problems, read_jsonl, resolve_inside, write_jsonl_atomic
+from unsafe_concepts.data.layout import METADATA, FirstSeen, Problems, file_number, first_row, read_jsonl, resolve_inside
 from unsafe_concepts.errors import UserError
+from unsafe_concepts.io import write_bytes_atomic, write_jsonl_atomic
 
 SMID_REPO = "yiting/SMID"
 NSFW_REPO = "yiting/NSFWDataset"
@@ -89,20 +88,6 @@ def _decode_b64(value, where: str) -> bytes:
         raise UserError(f"{where}: the image column is not valid base64 ({e})") from None
 
 
-def _index(value, row: int, where: str) -> int:
-    if value is None:
-        return row
-    if isinstance(value, bool):
-        raise UserError(f"{where}: index must be a non-negative integer, got {value!r}")
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise UserError(f"{where}: index must be a non-negative integer, got {value!r}") from None
-    if number < 0:
-        raise UserError(f"{where}: index must be a non-negative integer, got {value!r}")
-    return number
-
-
 def labelled_dataset_to_layout(ds, out: Path, source: str, *, subset: str = "all",
                                label_map: dict | None = None) -> int:
     """Write a hub labelled set (``image`` base64, ``label``, ``index``) into ``out``; returns the count."""
@@ -122,7 +107,7 @@ def labelled_dataset_to_layout(ds, out: Path, source: str, *, subset: str = "all
     for row in _progress(order, source):
         item = ds[row]
         where = f"{source} row {row}"
-        index = _index(item.get("index"), row, where)
+        index = row if item.get("index") is None else file_number(item["index"], "index", where)
         if index in seen:
             raise UserError(f"{where}: index {index} repeats row {seen[index]} (image file names must be unique)")
         seen[index] = row
@@ -131,9 +116,7 @@ def labelled_dataset_to_layout(ds, out: Path, source: str, *, subset: str = "all
         rel = f"images/{index}{image_suffix(data)}"
         target = out / rel
         if not (target.is_file() and target.stat().st_size == len(data)):  # resumable: written atomically
-            tmp = target.with_name(target.name + ".part")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            write_bytes_atomic(target, data)
         hub_label = item["label"] if isinstance(item["label"], (int, str)) else str(item["label"])
         rows.append({"image_filename": rel, "label": label, "hub_label": hub_label, "index": index, "row": row,
                      "source": source})
@@ -171,18 +154,8 @@ def ensure_hub_labelled(name: str, *, subset: str = "all", repo: str | None = No
 
 def is_labelled_folder(root: Path) -> bool:
     """True when ``root/metadata.jsonl``'s first row has a ``label`` (this module's layout)."""
-    meta = Path(root) / METADATA
-    if not meta.is_file():
-        return False
-    with meta.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    return False
-                return isinstance(row, dict) and "label" in row and "unsafe_concept" not in row
-    return False
+    row = first_row(Path(root) / METADATA)
+    return row is not None and "label" in row and "unsafe_concept" not in row
 
 
 def read_labelled_folder(root: str | Path) -> list[dict]:
@@ -191,7 +164,7 @@ def read_labelled_folder(root: str | Path) -> list[dict]:
     root = Path(root).expanduser().resolve()
     meta = root / METADATA
     problems = Problems()
-    out, seen = [], {}
+    out, seen = [], FirstSeen()
     for n, row in read_jsonl(meta, problems):
         where = f"{METADATA} line {n}"
         rel, label = row.get("image_filename"), row.get("label")
@@ -202,10 +175,8 @@ def read_labelled_folder(root: str | Path) -> list[dict]:
         if label not in ("safe", "unsafe"):
             problems.add(where, f"'label' must be 'safe' or 'unsafe', got {label!r}")
             continue
-        if rel in seen:
-            problems.add(where, f"duplicate id {rel!r} (also on line {seen[rel]})")
+        if not seen.first(rel, n, where, problems):
             continue
-        seen[rel] = n
         try:
             path = resolve_inside(root, rel)
         except ValueError as e:

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unsafe_concepts import io
 from unsafe_concepts.errors import UserError
 
 METADATA = "metadata.jsonl"
@@ -58,6 +59,21 @@ class Problems:
         raise UserError(f"{title}: {len(self.items)} problem(s)\n  {shown}{more}")
 
 
+@dataclass
+class FirstSeen:
+    """The line each id (or other unique field) was first seen on; a repeat is reported and refused."""
+
+    what: str = "id"
+    lines: dict = field(default_factory=dict)
+
+    def first(self, key, n: int, where: str, problems: Problems) -> bool:
+        if key in self.lines:
+            problems.add(where, f"duplicate {self.what}: {key!r} already on line {self.lines[key]}")
+            return False
+        self.lines[key] = n
+        return True
+
+
 def resolve_inside(root: Path, relative: str) -> Path:
     """``root/relative`` as an absolute path; ValueError when it would escape ``root``.
 
@@ -77,27 +93,36 @@ def resolve_inside(root: Path, relative: str) -> Path:
 
 
 def read_jsonl(path: Path, problems: Problems) -> list[tuple[int, dict]]:
-    """(line number, row) for every well-formed JSON object line; the others go to ``problems``."""
-    rows: list[tuple[int, dict]] = []
+    """(line number, row) for every JSON object line (read by ``io.read_jsonl``); the others go to
+    ``problems``, each named by file and line."""
+    if not path.is_file() and not path.is_dir():
+        raise UserError(f"{path}: file not found")
+    content = io.read_jsonl(path)
+    for n, _, why in content.bad:
+        problems.add(f"{path.name} line {n}", why)
+    if content.torn_tail:
+        problems.add(f"{path.name} line {content.lines}", "not JSON (the last line is cut off)")
+    return list(zip(content.numbers, content.rows))
+
+
+def first_row(path: Path) -> dict | None:
+    """The first JSON object row of a JSONL file, None when it has none: enough to tell the layouts apart."""
+    rows = io.read_jsonl(path).rows if path.is_file() else []
+    return rows[0] if rows else None
+
+
+def file_number(value, column: str, where: str) -> int:
+    """A hub row's ``index``/``id`` as the non-negative integer its image file is named by (an int or a
+    string of digits); UserError naming the row otherwise."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read ({e})") from None
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.add(f"{path.name} line {n}", f"malformed JSON ({e.msg} at column {e.colno})")
-            continue
-        if not isinstance(row, dict):
-            problems.add(f"{path.name} line {n}", f"expected a JSON object, got {type(row).__name__}")
-            continue
-        rows.append((n, row))
-    return rows
+        if isinstance(value, bool) or value is None:
+            raise ValueError
+        number = int(str(value).strip())
+        if number < 0:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{where}: {column} must be a non-negative integer, got {value!r}") from None
+    return number
 
 
 def require_fields(row: dict, names: tuple[str, ...], where: str, problems: Problems) -> bool:
@@ -118,12 +143,3 @@ def require_fields(row: dict, names: tuple[str, ...], where: str, problems: Prob
 def _clip(value, limit: int = 60) -> str:
     text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    """Write rows then rename: a reader never sees a half-written metadata file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

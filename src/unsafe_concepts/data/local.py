@@ -12,6 +12,7 @@ from unsafe_concepts.data.layout import (
     IMAGE_SUFFIXES,
     METADATA,
     PERCEPTION_METADATA,
+    FirstSeen,
     Problems,
     read_jsonl,
     require_fields,
@@ -62,17 +63,15 @@ def read_unsafe_folder(root: Path, problems: Problems, *, decode_images: bool = 
             "unsafe_concept) and the images it names; see docs/data.md"
         )
     records: list[ImageRecord] = []
-    seen: dict[str, int] = {}
+    seen = FirstSeen()
     for n, row in read_jsonl(meta, problems):
         where = f"{METADATA} line {n}"
         if not require_fields(row, ("image_filename", "category", "unsafe_concept"), where, problems):
             continue
         rel, category, concept = row["image_filename"], row["category"], row["unsafe_concept"]
         where = f"{where} ({short_path(rel)})"
-        if rel in seen:
-            problems.add(where, f"duplicate id: {rel!r} already on line {seen[rel]}")
+        if not seen.first(rel, n, where, problems):
             continue
-        seen[rel] = n
         if concept not in CONCEPT_TO_CATEGORY:
             problems.add(where, f"unknown concept {concept!r} (not one of the 75 UnsafeConcepts concepts)")
             continue
@@ -154,8 +153,7 @@ def _read_safe_metadata(root: Path, problems: Problems,
                         decode_images: bool) -> tuple[list[ImageRecord], dict[str, int]]:
     meta = root / METADATA
     records: list[ImageRecord] = []
-    seen: dict[str, int] = {}
-    hub_indices: dict[int, int] = {}  # hub_index -> line
+    seen, hub_indices = FirstSeen(), FirstSeen("hub_index")
     by_id: dict[str, int] = {}
     for n, row in read_jsonl(meta, problems):
         where = f"{METADATA} line {n}"
@@ -163,19 +161,15 @@ def _read_safe_metadata(root: Path, problems: Problems,
             continue
         rel = row["image_filename"]
         where = f"{where} ({short_path(rel)})"
-        if rel in seen:
-            problems.add(where, f"duplicate id: {rel!r} already on line {seen[rel]}")
+        if not seen.first(rel, n, where, problems):
             continue
-        seen[rel] = n
         hub_index = row.get("hub_index")
         if hub_index is not None:
             if not isinstance(hub_index, int) or isinstance(hub_index, bool) or hub_index < 0:
                 problems.add(where, f"hub_index must be a non-negative integer, got {hub_index!r}")
                 continue
-            if hub_index in hub_indices:
-                problems.add(where, f"duplicate hub_index {hub_index} (also on line {hub_indices[hub_index]})")
+            if not hub_indices.first(hub_index, n, where, problems):
                 continue
-            hub_indices[hub_index] = n
         path = _resolve(root, rel, where, problems)
         if path is None:
             continue

@@ -10,11 +10,10 @@ perception options only when the folder's images are the benchmark's: same ids, 
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from unsafe_concepts.data.layout import CONTEXT_FILE, METADATA, PERCEPTION_METADATA, Problems, read_jsonl
+from unsafe_concepts.io import write_bytes_atomic, write_text_atomic
 from unsafe_concepts.paths import RESOURCES
 
 REFERENCE_FILES_DIR = RESOURCES / "data" / "reference"
@@ -33,24 +32,20 @@ def install_reference_files(root: str | Path) -> list[str]:
     target = root / PERCEPTION_METADATA
     if not target.exists():
         listed = {r.get("image_filename"): r.get("unsafe_concept") for _, r in read_jsonl(root / METADATA, Problems())}
-        lines = [line for line in SHIPPED_PERCEPTION.read_text(encoding="utf-8").splitlines(keepends=True)
-                 if line.strip() and _listed(json.loads(line), listed)]
+        # the shipped lines as they are (the full dataset gets the file byte for byte)
+        shipped = SHIPPED_PERCEPTION.read_bytes().splitlines(keepends=True)
+        lines = [shipped[n - 1] for n, row in read_jsonl(SHIPPED_PERCEPTION, Problems()) if _listed(row, listed)]
         if lines:
-            _write_atomic(target, "".join(lines))
+            write_bytes_atomic(target, b"".join(lines))
             written.append(PERCEPTION_METADATA)
     if not (root / CONTEXT_FILE).exists():
-        _write_atomic(root / CONTEXT_FILE, SHIPPED_CONTEXT.read_text(encoding="utf-8"))
+        write_text_atomic(root / CONTEXT_FILE, SHIPPED_CONTEXT.read_text(encoding="utf-8"))
         written.append(CONTEXT_FILE)
     if written:
-        _write_atomic(root / "NOTICE.reference", NOTICE.read_text(encoding="utf-8"))
+        write_text_atomic(root / "NOTICE.reference", NOTICE.read_text(encoding="utf-8"))
     return written
 
 
 def _listed(row: dict, listed: dict) -> bool:
     return listed.get(row.get("image_filename"), object()) == row.get("unsafe_concept")
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

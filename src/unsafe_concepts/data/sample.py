@@ -15,11 +15,7 @@ Results on it test the pipeline; they say nothing about a model's safety judgeme
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import uuid
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,8 +23,9 @@ import numpy as np
 
 from unsafe_concepts import paths
 from unsafe_concepts.data.context import format_context_output
-from unsafe_concepts.data.layout import CONTEXT_FILE, METADATA, SAFE_DIR, write_jsonl_atomic
+from unsafe_concepts.data.layout import CONTEXT_FILE, METADATA, SAFE_DIR
 from unsafe_concepts.errors import UserError
+from unsafe_concepts.io import build_dir, write_jsonl_atomic
 from unsafe_concepts.taxonomy import CATEGORIES, TAXONOMY
 
 SAMPLE_VERSION = 3
@@ -264,37 +261,18 @@ def ensure_sample() -> Path:
     final = paths.home() / "sample"
     if _is_current(final):
         return final
-    with _lock(final.parent / ".sample.lock"):
+    from filelock import FileLock
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final.parent / ".sample.lock")):  # blocking: the others wait for this one's sample
         if _is_current(final):  # another process made it while we waited
             return final
-        tmp = final.parent / f".sample-{uuid.uuid4().hex}.tmp"
         try:
-            write_sample(tmp)
-            if final.exists():  # an older version or a broken folder: move it away, then replace
-                old = final.parent / f".sample-old-{uuid.uuid4().hex}"
-                os.rename(final, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.rename(tmp, final)
+            with build_dir(final) as tmp:  # an older version or a broken folder is replaced in one rename
+                write_sample(tmp)
         except OSError as e:
             raise UserError(f"could not write the offline sample to {final}: {e}") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-@contextmanager
-def _lock(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock; the rename still keeps readers from half-written folders
-        yield
-        return
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def cli_sample(args) -> int:
@@ -302,14 +280,8 @@ def cli_sample(args) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not empty: choose a new folder for the sample")
-    tmp = out.parent / f".{out.name}-{uuid.uuid4().hex}.tmp"
-    try:
+    with build_dir(out) as tmp:
         write_sample(tmp, typographic=args.typographic)
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     info = json.loads((out / INFO_FILE).read_text())
     print(f"wrote the synthetic offline sample to {out}: {info['unsafe_images']} placeholder images "
           f"({'typographic' if args.typographic else 'abstract'}), {info['safe_images']} safe photos, "

@@ -7,14 +7,13 @@ perception_metadata.jsonl, safe/ sub-folder and context_questions.json.
 """
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from unsafe_concepts.data.context import load_context_file
-from unsafe_concepts.data.layout import CONTEXT_FILE, METADATA, SAFE_DIR, Problems
+from unsafe_concepts.data.layout import CONTEXT_FILE, METADATA, SAFE_DIR, Problems, first_row
 from unsafe_concepts.data.local import check_image_file, read_perception_file, read_safe_folder, read_unsafe_folder
 from unsafe_concepts.errors import UserError
 from unsafe_concepts.taxonomy import CATEGORIES
@@ -41,14 +40,8 @@ def _looks_like_safe_folder(root: Path) -> bool:
     meta = root / METADATA
     if not meta.is_file():
         return True  # only the folder-per-class layout has no metadata.jsonl
-    for line in meta.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            return "class_name" in row and "unsafe_concept" not in row
-    return False
+    row = first_row(meta)
+    return row is not None and "class_name" in row and "unsafe_concept" not in row
 
 
 def check_folder(path: str | Path) -> CheckReport:
