@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from unsafe_concepts import prompts as protocol_prompts
-from unsafe_concepts.errors import UserError
+from unsafe_concepts.errors import ModalityMismatch, UserError
 from unsafe_concepts.io import (
     append_jsonl,
     explain_os_error,
@@ -441,15 +441,14 @@ class Ranks:
 
     def all_agree(self, fn) -> None:
         """Run ``fn`` on every rank; if it fails on any, every rank stops with that message."""
+        if self.world == 1:
+            fn()  # one process: its error as raised (its type tells a sweep what to do with it)
+            return
         error = None
         try:
             fn()
         except UserError as e:
             error = str(e)
-        if self.world == 1:
-            if error:
-                raise UserError(error)
-            return
         import torch.distributed as dist
 
         errors = [None] * self.world
@@ -528,7 +527,7 @@ def _run_locked(config, task, loaded, samples, store: RunStore, backend, scorer,
             elif not hasattr(backend, "generate"):  # a loader: the model is loaded only when something is asked
                 backend = backend()
             if task.modality == "image" and not backend.supports_images:
-                raise UserError(f"model {config.model} is text only; task {task.name} shows images. "
+                raise ModalityMismatch(f"model {config.model} is text only; task {task.name} shows images. "
                                 "Use a VLM (e.g. tiny-vlm, hf:<VLM>) or a text task (alignment_text_only, ...)")
             if config.scoring == "logprob" and not getattr(backend, "supports_logprobs", False):
                 from unsafe_concepts.models.base import unsupported_logprobs
@@ -790,13 +789,15 @@ def run_folder_name(model: str, task: str, adapter: str | None = None) -> str:
 class SweepResult:
     results: list[RunResult]
     failures: list[tuple[str, str, str]]  # (model, task, message)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # pairs the model cannot answer at all
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
     def __repr__(self) -> str:
-        return f"SweepResult({len(self.results)} runs done, {len(self.failures)} failed)"
+        skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
+        return f"SweepResult({len(self.results)} runs done, {len(self.failures)} failed{skipped})"
 
 
 def sweep(models: list[str], tasks: list[str], out: str | Path, base: RunConfig, *, quiet: bool = False,
@@ -807,7 +808,7 @@ def sweep(models: list[str], tasks: list[str], out: str | Path, base: RunConfig,
 
     out = Path(out)
     single = len(models) == 1 and len(tasks) == 1 and flat is not False
-    results, failures = [], []
+    results, failures, skipped = [], [], []
     backends = backends if backends is not None else {}
     for model in models:
         for task in tasks:
@@ -821,6 +822,12 @@ def sweep(models: list[str], tasks: list[str], out: str | Path, base: RunConfig,
             try:
                 result = run_task(config, folder, backend=backends.get(model) or lazy, quiet=quiet, summary=summary)
                 results.append(result)
+            except ModalityMismatch as e:
+                if single:
+                    raise
+                skipped.append((model, task, str(e)))
+                print(f"skipped: {model} / {task}: {str(e).split('. ')[0]}", file=sys.stderr)
+                continue
             except UserError as e:
                 if single:
                     raise
@@ -835,7 +842,7 @@ def sweep(models: list[str], tasks: list[str], out: str | Path, base: RunConfig,
                 failures.append((model, task, f"{type(e).__name__}: {e}"))
                 print(f"error: {model} / {task}: {type(e).__name__}: {e}", file=sys.stderr)
                 continue
-    return SweepResult(results, failures)
+    return SweepResult(results, failures, skipped)
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -916,7 +923,8 @@ def cli_evaluate(args) -> int:
     result = sweep(models, tasks, args.out, base)
     if len(models) * len(tasks) > 1:
         print(f"{len(result.results)} of {len(models) * len(tasks)} runs done in {time.time() - t0:.0f}s under "
-              f"{args.out}" + (f"; {len(result.failures)} failed (above)" if result.failures else ""))
+              f"{args.out}" + (f"; {len(result.failures)} failed (above)" if result.failures else "")
+              + (f"; {len(result.skipped)} skipped (the model cannot answer the task)" if result.skipped else ""))
         print(f"next: unsafe-concepts report {args.out}/* --out {args.out}/report")
     return 0 if result.ok else 1
 
