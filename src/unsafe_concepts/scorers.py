@@ -12,7 +12,6 @@ ran, only on the task's declared metrics kind.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import fields
 
 from unsafe_concepts.errors import UserError
 
@@ -53,9 +52,8 @@ class JudgeScorer(Scorer):
     def score(self, rows: list[dict]) -> None:
         from unsafe_concepts.judges.base import JudgeItem
 
-        takes_kind = "kind" in {f.name for f in fields(JudgeItem)}
-        items = [JudgeItem(task=r["task"], prompt=r["prompt"], response=r.get("response") or "",
-                           **({"kind": self.task_kind} if takes_kind else {})) for r in rows]
+        items = [JudgeItem(task=r["task"], prompt=r["prompt"], response=r.get("response") or "", kind=self.task_kind)
+                 for r in rows]
         for r, v in zip(rows, self.judge.judge(items)):
             r["verdict"], r["verdict_confidence"], r["verdict_reason"] = v.label, v.confidence, v.reason
             r["judge"] = self.judge_name
