@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from unsafe_concepts import prompts
 from unsafe_concepts.errors import UserError
+from unsafe_concepts.io import read_jsonl
 
 REFERENCE_KEYS = {"idx", "prompt", "image_fname", "output"}
 IMPORTED_GENERATION = {"imported": True}  # what decoded these answers is not known: recorded as such
@@ -49,14 +50,9 @@ def read_answers(path: str | Path) -> tuple[str, list[dict]]:
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     else:
-        rows = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
+        content = read_jsonl(path)
+        content.raise_if_bad(path)  # names the line: not JSON, or not an object
+        rows = content.rows
     if not rows:
         raise UserError(f"{path}: no answers in the file")
     bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
@@ -175,12 +171,7 @@ def _rows_without_data(rows: list[dict], fmt: str, task, notes: list[str]) -> li
 def _shipped_concepts() -> dict[str, tuple[str, str]]:
     from unsafe_concepts.data.reference_files import SHIPPED_PERCEPTION
 
-    out = {}
-    for line in SHIPPED_PERCEPTION.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            out[r["image_filename"]] = (r["unsafe_concept"], r["category"])
-    return out
+    return {r["image_filename"]: (r["unsafe_concept"], r["category"]) for r in read_jsonl(SHIPPED_PERCEPTION).rows}
 
 
 def import_answers(file: str | Path, *, model: str, task: str, out: str | Path, data: str | None = None,

@@ -31,8 +31,6 @@ class LabelledImage:
 
 def decode_base64_image(data: str, where: str):
     """A base64 string (as MME's TSV ships its images) -> RGB PIL image; UserError naming the row."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         raw = base64.b64decode(data, validate=False)
     except (binascii.Error, ValueError) as e:
@@ -114,6 +112,13 @@ def hub_spec(source: str) -> str | None:
     if source.startswith("hf:"):
         return source[3:]
     return None
+
+
+def first_items(items: list, limit: int | None, empty: str) -> list:
+    """The first ``limit`` items (all with no limit), in source order; UserError ``empty`` when there are none."""
+    if not items:
+        raise UserError(empty)
+    return items[:limit] if limit else items
 
 
 def load_labelled_folder(root: str | Path, source: str, limit: int | None = None) -> list[LabelledImage]:

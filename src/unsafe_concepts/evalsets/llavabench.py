@@ -26,7 +26,6 @@ layout: ``questions.jsonl`` (question_id, image, text, category), ``answers_gpt4
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -34,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from unsafe_concepts.errors import UserError
-from unsafe_concepts.evalsets.common import as_pil, hub_spec, load_hub_split
+from unsafe_concepts.evalsets.common import as_pil, first_items, hub_spec, load_hub_split
+from unsafe_concepts.io import read_jsonl
 
 HUB_REPO = "lmms-lab/llava-bench-in-the-wild"
 CATEGORIES = ("conv", "detail", "complex")
@@ -81,22 +81,15 @@ def load_llavabench(source: str = "hf", *, limit: int | None = None) -> list[Lla
         items = _from_question_sheet(Path(source))
     else:
         items = _from_folder(Path(source))
-    if not items:
-        raise UserError(f"LLaVA-Bench source {source} has no questions")
-    return items[:limit] if limit else items
+    return first_items(items, limit, f"LLaVA-Bench source {source} has no questions")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"LLaVA-Bench folder is missing {path.name}: {path}")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
-    return rows
+    content = read_jsonl(path)
+    content.raise_if_bad(path)
+    return content.rows
 
 
 def _from_folder(root: Path) -> list[LlavaBenchItem]:

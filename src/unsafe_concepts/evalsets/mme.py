@@ -39,6 +39,7 @@ from unsafe_concepts.evalsets.common import (
     IMAGE_SUFFIXES,
     as_pil,
     decode_base64_image,
+    first_items,
     hub_spec,
     load_hub_split,
     read_table,
@@ -87,9 +88,7 @@ def load_mme(source: str = "hf", *, limit: int | None = None) -> list[MMEItem]:
             items = _from_tsv(path)
         else:
             raise UserError(f"MME source not found: {source} (give a .tsv file, a release folder or 'hf')")
-    if not items:
-        raise UserError(f"MME source {source} has no questions")
-    return items[:limit] if limit else items
+    return first_items(items, limit, f"MME source {source} has no questions")
 
 
 def _from_tsv(path: Path) -> list[MMEItem]:

@@ -19,6 +19,7 @@ from unsafe_concepts.errors import UserError
 from unsafe_concepts.evalsets.common import (
     IMAGE_SUFFIXES,
     LabelledImage,
+    first_items,
     hub_spec,
     load_hub_split,
     load_labelled_folder,
@@ -57,9 +58,7 @@ def load_nsfw(source: str, *, split: str = "train", image_column: str = "image",
             items = _from_table(path, image_column, label_column)
         else:
             raise UserError(f"NSFW source not found: {source}")
-    if not items:
-        raise UserError(f"NSFW source {source} has no images")
-    return items[:limit] if limit else items
+    return first_items(items, limit, f"NSFW source {source} has no images")
 
 
 def _from_folder(root: Path) -> list[LabelledImage]:

@@ -22,6 +22,7 @@ from unsafe_concepts.errors import UserError
 from unsafe_concepts.evalsets.common import (
     IMAGE_SUFFIXES,
     LabelledImage,
+    first_items,
     hub_spec,
     load_labelled_folder,
     load_labelled_hub,
@@ -105,6 +106,4 @@ def load_smid(root: str | Path, *, norms_csv: str | Path | None = None, image_di
                 counts[i.label] += 1
                 kept.append(i)
         items = kept
-    if not items:
-        raise UserError(f"{norms}: no image falls outside the neutral band ({unsafe_max}, {safe_min})")
-    return items[:limit] if limit else items
+    return first_items(items, limit, f"{norms}: no image falls outside the neutral band ({unsafe_max}, {safe_min})")
