@@ -131,23 +131,10 @@ def gap_overview(gaps: dict[str, dict]) -> Figure | None:
 def visual_vs_textual(systems: dict[str, dict]) -> Figure | None:
     """Per category, alignment accuracy with the concept shown (visual) vs named (textual), per model."""
     chosen = [(s, t) for s, t in systems.items() if "alignment" in t or "alignment_text_only" in t]
-    if not chosen:
-        return None
-    fig = Figure(figsize=(11, 3.3 * len(chosen)), layout="constrained")
-    for i, (system, tasks) in enumerate(chosen):
-        ax = fig.add_subplot(len(chosen), 1, i + 1)
-        vis = tasks.get("alignment")
-        txt = tasks.get("alignment_text_only")
-        cats = categories_in([r.summary.get("per_category") or {} for r in (vis, txt) if r])
-        series = []
-        for name, color, run in (("visual (image)", VISUAL_COLOR, vis), ("textual (concept named)", TEXTUAL_COLOR, txt)):
-            if run:
-                series.append((name, color, [(run.summary.get("per_category") or {}).get(c) for c in cats]
-                               + [run.summary.get("overall")]))
-        _grouped_bars(ax, cats + ["Overall"], series, "alignment accuracy")
-        ax.set_title(_clean(system), fontsize=9)
-    fig.suptitle("Alignment accuracy per category: visual vs textual (95% intervals)", fontsize=10)
-    return fig
+    return _category_panels(chosen, (("alignment", "visual (image)", VISUAL_COLOR),
+                                     ("alignment_text_only", "textual (concept named)", TEXTUAL_COLOR)),
+                            "alignment accuracy",
+                            "Alignment accuracy per category: visual vs textual (95% intervals)")
 
 
 def gap_per_concept(gaps: dict[str, dict]) -> Figure | None:
@@ -189,22 +176,27 @@ def gap_per_concept(gaps: dict[str, dict]) -> Figure | None:
 def perception_vs_alignment(systems: dict[str, dict]) -> Figure | None:
     """Per category: does the model recognise the concept (perception) and call it unsafe (alignment)?"""
     chosen = [(s, t) for s, t in systems.items() if "perception" in t and "alignment" in t]
+    return _category_panels(chosen, (("perception", "perception accuracy", PERCEPTION_COLOR),
+                                     ("alignment", "visual alignment accuracy", VISUAL_COLOR)),
+                            "accuracy", "Recognised (perception) vs called unsafe (visual alignment), per category")
+
+
+def _category_panels(chosen: list[tuple[str, dict]], bars: tuple[tuple[str, str, str], ...], ylabel: str,
+                     title: str) -> Figure | None:
+    """One panel per (system, its runs by task): per category and overall, a bar for each (task, label,
+    colour) in ``bars`` that the system ran."""
     if not chosen:
         return None
     fig = Figure(figsize=(11, 3.3 * len(chosen)), layout="constrained")
     for i, (system, tasks) in enumerate(chosen):
         ax = fig.add_subplot(len(chosen), 1, i + 1)
-        per, vis = tasks["perception"].summary, tasks["alignment"].summary
-        cats = categories_in([per.get("per_category") or {}, vis.get("per_category") or {}])
-        series = [
-            ("perception accuracy", PERCEPTION_COLOR, [(per.get("per_category") or {}).get(c) for c in cats]
-             + [per.get("overall")]),
-            ("visual alignment accuracy", VISUAL_COLOR, [(vis.get("per_category") or {}).get(c) for c in cats]
-             + [vis.get("overall")]),
-        ]
-        _grouped_bars(ax, cats + ["Overall"], series, "accuracy")
+        shown = [(label, color, tasks[task].summary) for task, label, color in bars if tasks.get(task)]
+        cats = categories_in([summary.get("per_category") or {} for _, _, summary in shown])
+        series = [(label, color, [(summary.get("per_category") or {}).get(c) for c in cats] + [summary.get("overall")])
+                  for label, color, summary in shown]
+        _grouped_bars(ax, cats + ["Overall"], series, ylabel)
         ax.set_title(_clean(system), fontsize=9)
-    fig.suptitle("Recognised (perception) vs called unsafe (visual alignment), per category", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
