@@ -110,7 +110,14 @@ def test_refusals_name_the_problem(tmp_path):
         import_answers(answers, model="m", task="unsafeconcepts_test", out=tmp_path / "full")
     with pytest.raises(UserError, match="unknown task|no task"):
         import_answers(answers, model="m", task="nope", out=tmp_path / "o3")
-    assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3"))
+    broken = tmp_path / "broken.jsonl"  # read by io.read_jsonl: the first bad line is named, file and line
+    broken.write_text('{"prompt": "q", "response": "r"}\n\n[1, 2]\n{"prompt": \n')
+    with pytest.raises(UserError, match=r"broken.jsonl:3: a JSON list, not an object"):
+        import_answers(broken, model="m", task="unsafeconcepts_test", out=tmp_path / "o4")
+    broken.write_text('{"prompt": "q", "response": "r"}\n{"prompt": "q2", "resp')  # a cut-off last line
+    with pytest.raises(UserError, match=r"broken.jsonl:2: not JSON \(the last line is cut off\)"):
+        import_answers(broken, model="m", task="unsafeconcepts_test", out=tmp_path / "o5")
+    assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3", "o4", "o5"))
 
 
 def test_reference_image_names_map_to_evaluate_ids():

@@ -65,6 +65,13 @@ def test_llavabench_missing_reference_is_named(llava_folder):
         load_llavabench(str(llava_folder))
 
 
+def test_llavabench_broken_line_is_named(llava_folder):
+    with (llava_folder / "context.jsonl").open("a") as f:
+        f.write('{"image": "x.jpg", "caption": \n')
+    with pytest.raises(UserError, match=r"context.jsonl:\d+: not JSON"):
+        load_llavabench(str(llava_folder))
+
+
 def test_smid_binarises_with_a_neutral_band(smid_folder):
     items = load_smid(smid_folder)
     assert {i.id: i.label for i in items} == {"img_a": "unsafe", "img_b": "unsafe", "img_d": "safe",
