@@ -14,6 +14,7 @@ from pathlib import Path
 
 from unsafe_concepts import metrics
 from unsafe_concepts.errors import UserError
+from unsafe_concepts.io import write_text_atomic
 from unsafe_concepts.report import plots
 from unsafe_concepts.report.loading import TABLE_TASKS, RunData, RunProblem, assign_systems, load_run
 from unsafe_concepts.report.tables import Table, category_table, fmt_num, markdown_grid, to_csv, to_latex, to_markdown
@@ -346,16 +347,17 @@ def build_report(run_dirs, out, *, plot_formats: tuple[str, ...] = plots.FORMATS
         raise UserError(f"cannot create --out {out}: {e.strerror}") from None
     report.tables = build_tables(systems, gaps)
     for table in report.tables:
-        (out / f"{table.key}.md").write_text(to_markdown(table), encoding="utf-8")
-        (out / f"{table.key}.csv").write_text(to_csv(table), encoding="utf-8")
-        (out / f"{table.key}.tex").write_text(to_latex(table), encoding="utf-8")
+        write_text_atomic(out / f"{table.key}.md", to_markdown(table))
+        write_text_atomic(out / f"{table.key}.csv", to_csv(table))
+        write_text_atomic(out / f"{table.key}.tex", to_latex(table))
     report.plots = _write_plots(report, plot_formats)
-    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(report_json(report), indent=1, ensure_ascii=False, allow_nan=False)
-                                     + "\n", encoding="utf-8")
+    # each file atomically: a browser or script re-reading a rebuilt report never sees half a file
+    write_text_atomic(out / "report.md", render_markdown(report))
+    write_text_atomic(out / "report.json", json.dumps(report_json(report), indent=1, ensure_ascii=False,
+                                                      allow_nan=False) + "\n")
     from unsafe_concepts.report.html import render_html
 
-    report.html_path.write_text(render_html(report), encoding="utf-8")
+    write_text_atomic(report.html_path, render_html(report))
     return report
 
 
