@@ -13,7 +13,7 @@ responses/s; target >= 20) and ``agreement: Y`` (share of items where the judged
 log-prob verdict, over the items the judge did not call unclear), once per model and overall.
 
     .venv/bin/python benchmarks/verdicts.py                      # smollm2-135m (text) and tiny-vlm (images)
-    .venv/bin/python benchmarks/verdicts.py --n-text 16 --n-image 8 --judge rule
+    .venv/bin/python benchmarks/verdicts.py --n-text 16 --n-image 8 --judge rule     # more items, the rule judge
 """
 from __future__ import annotations
 
@@ -92,8 +92,8 @@ def main(argv=None) -> None:
     from unsafe_concepts.models.registry import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-text", type=int, default=16, help="text-only items for smollm2-135m (0: skip)")
-    ap.add_argument("--n-image", type=int, default=8, help="image items for tiny-vlm (0: skip)")
+    ap.add_argument("--n-text", type=int, default=8, help="text-only items for smollm2-135m (0: skip)")
+    ap.add_argument("--n-image", type=int, default=4, help="image items for tiny-vlm (0: skip)")
     ap.add_argument("--max-new-tokens", type=int, default=512, help="generation budget (the protocol's: 512)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--judge", default="classifier", help="judge of the generated answers (default: classifier)")
