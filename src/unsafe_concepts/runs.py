@@ -822,26 +822,18 @@ def sweep(models: list[str], tasks: list[str], out: str | Path, base: RunConfig,
             try:
                 result = run_task(config, folder, backend=backends.get(model) or lazy, quiet=quiet, summary=summary)
                 results.append(result)
-            except ModalityMismatch as e:
-                if single:
-                    raise
-                skipped.append((model, task, str(e)))
-                print(f"skipped: {model} / {task}: {str(e).split('. ')[0]}", file=sys.stderr)
-                continue
-            except UserError as e:
-                if single:
-                    raise
-                failures.append((model, task, str(e)))
-                print(f"error: {model} / {task}: {e}", file=sys.stderr)
-                continue
             except KeyboardInterrupt:
                 raise
-            except Exception as e:  # one pair's crash must not stop the others
+            except Exception as e:  # one pair's refusal or crash must not stop the others
                 if single:
                     raise
-                failures.append((model, task, f"{type(e).__name__}: {e}"))
-                print(f"error: {model} / {task}: {type(e).__name__}: {e}", file=sys.stderr)
-                continue
+                if isinstance(e, ModalityMismatch):
+                    skipped.append((model, task, str(e)))
+                    print(f"skipped: {model} / {task}: {str(e).split('. ')[0]}", file=sys.stderr)
+                    continue
+                message = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                failures.append((model, task, message))
+                print(f"error: {model} / {task}: {message}", file=sys.stderr)
     return SweepResult(results, failures, skipped)
 
 
