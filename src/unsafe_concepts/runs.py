@@ -15,6 +15,7 @@ import os
 import random
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -639,11 +640,21 @@ def _ask(config, task, todo, store, backend, gen, quiet, *, total: int, done: in
         blank = blank_image()
     bar = tqdm(total=total, initial=done, desc=task.name, unit="q", disable=quiet, dynamic_ncols=True, file=sys.stderr)
     correct = decided = 0
+    lock, moved, size = threading.Lock(), [0], [0]  # queries reported finished in the current batch, its size
+
+    def tick(n: int) -> None:
+        with lock:  # never past the batch (a batch that failed is retried item by item and reports again)
+            n = min(n, size[0] - moved[0])
+            moved[0] += n
+            bar.update(n)
+
+    backend.progress = tick
     # A server backend keeps `concurrency` requests in flight only if it is handed that many at once.
     step = max(config.batch_size, getattr(backend, "concurrency", 1))
     try:
         for start in range(0, len(todo), step):
             batch = todo[start:start + step]
+            size[0] = len(batch)
             queries, failed = [], {}
             for s in batch:
                 image = blank if s.image == BLANK else s.image
@@ -685,8 +696,11 @@ def _ask(config, task, todo, store, backend, gen, quiet, *, total: int, done: in
                         correct += o == "correct"
                 if decided:
                     bar.set_postfix_str(f"acc {correct / decided:.3f}")
-            bar.update(len(batch))
+            with lock:  # what the backend did not report (failed items, answers cut at the token budget)
+                bar.update(max(0, len(batch) - moved[0]))
+                moved[0] = 0
     finally:
+        backend.progress = None
         bar.close()
 
 

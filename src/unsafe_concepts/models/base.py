@@ -8,7 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from unsafe_concepts.errors import UserError
 
@@ -91,6 +91,14 @@ class ModelBackend(ABC):
 
     #: False for text-only models: image queries then fail with a clear error.
     supports_images: bool = True
+
+    #: Set by the runner: called with a count of queries as they finish inside a ``generate`` call (an
+    #: answer that reached its end in a batch, a server reply), so that progress moves per query.
+    progress: Callable[[int], None] | None = None
+
+    def _report_progress(self, n: int = 1) -> None:
+        if self.progress is not None and n:
+            self.progress(n)
 
     @abstractmethod
     def generate(self, queries: list[Query], config: GenerationConfig) -> list[Generation]:

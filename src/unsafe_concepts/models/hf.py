@@ -376,7 +376,8 @@ class HFBackend(ModelBackend):
             seed = _batch_seed(config.seed, [queries[p].id for p, _, _ in kept])
             torch.manual_seed(seed)
             with torch.inference_mode():
-                output = self.model.generate(**inputs, generation_config=self._gen_config(config))
+                output = self.model.generate(**inputs, generation_config=self._gen_config(config),
+                                             **self._progress_kwargs(len(kept)))
             new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
             per_item = (time.perf_counter() - t0) / len(items)
             for (pos, _, _), ids in zip(kept, new_tokens):
@@ -387,6 +388,29 @@ class HFBackend(ModelBackend):
         for pos in results:
             results[pos].latency_s = per_item
         return [results[pos] for pos, _, _ in items]
+
+    def _progress_kwargs(self, batch: int) -> dict:
+        """A stopping criterion that never stops: it only reports each answer as it reaches its end, so a
+        progress bar moves per query inside a batch. None when nobody listens."""
+        if self.progress is None:
+            return {}
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        backend, eos = self, torch.tensor(sorted(self.eos_ids) or [-1])
+
+        class ReportFinished(StoppingCriteria):
+            def __init__(self):
+                self.finished = torch.zeros(batch, dtype=torch.bool)
+
+            def __call__(self, input_ids, scores, **kwargs):
+                now = torch.isin(input_ids[:, -1].cpu(), eos) & ~self.finished
+                if now.any():
+                    self.finished |= now
+                    backend._report_progress(int(now.sum()))
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        return {"stopping_criteria": StoppingCriteriaList([ReportFinished()])}
 
     def _encode_fitting(self, items, config: GenerationConfig, failed: dict[int, Generation]):
         """Encode the batch; shorten prompts (from the start) that leave no room for the answer.

@@ -240,8 +240,14 @@ class OpenAIBackend(ModelBackend):
         client = self._http()
         cancel = threading.Event()
         if self.concurrency == 1 or len(queries) == 1:
-            return [ask(client, q, cancel) for q in queries]
+            results = []
+            for q in queries:
+                results.append(ask(client, q, cancel))
+                self._report_progress()
+            return results
         futures = [self._executor().submit(ask, client, q, cancel) for q in queries]
+        for f in futures:
+            f.add_done_callback(lambda f: f.cancelled() or self._report_progress())
         try:
             return [f.result() for f in futures]
         except BaseException:
