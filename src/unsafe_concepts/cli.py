@@ -353,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON or YAML file of trainer settings (overrides the protocol defaults)")
     p.add_argument("--judge", default="classifier", help="reward judge for ppo/grpo")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of data order, sampling and initialisation")
+    p.add_argument("--report-to", help="also log training curves to tensorboard, wandb or both (comma-separated; "
+                   "needs the [tracking] extra); default: log.jsonl only")
     p.set_defaults(func=_handler("unsafe_concepts.train:cli_train"))
 
     # post-training evaluation (docs/posteval.md): a suite of tasks run by the one runner

@@ -76,7 +76,7 @@ def test_text_policy_lora_encoding_and_adapter_roundtrip(smollm2_path, tmp_path)
     import torch
     from peft import PeftModel
 
-    cfg = common.TrainConfig(model=f"hf:{smollm2_path}", lora_r=4, lora_alpha=8)
+    cfg = common.TrainConfig(model=f"hf:{smollm2_path}", lora_r=4, lora_alpha=8, modality="text")
     model, tok = common.load_policy(cfg)
     assert not common.is_vlm_processor(tok)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

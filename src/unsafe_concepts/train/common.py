@@ -69,6 +69,9 @@ class TrainConfig:
     device: str | None = None
     trust_remote_code: bool = False  # hf: models that ship their own code (models/hf.py)
     prompt_format: str | None = None  # None/"auto": the chat template; "llava-v1" (models/inputs.py)
+    # Where training curves go besides log.jsonl, as transformers' ``report_to``: "none" (default),
+    # "tensorboard", "wandb", or both comma-separated. Needs the [tracking] extra.
+    report_to: str = "none"
 
     def validate(self) -> None:
         if self.modality not in ("image", "text"):
@@ -87,6 +90,7 @@ class TrainConfig:
             raise UserError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.learning_rate <= 0:
             raise UserError(f"learning_rate must be > 0, got {self.learning_rate}")
+        trackers(self.report_to)  # unknown names and missing packages are refused before anything runs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -197,7 +201,7 @@ def config_from_file(path: str | Path, cls: type, **overrides) -> Any:
 _CLI_FIELDS = {"model": "model", "data": "data", "safe_data": "safe_data", "modality": "modality",
                "out": "out_dir", "max_steps": "max_steps", "seed": "seed", "judge": "judge",
                "dtype": "dtype", "device": "device", "trust_remote_code": "trust_remote_code",
-               "prompt_format": "prompt_format"}
+               "prompt_format": "prompt_format", "report_to": "report_to"}
 
 
 def config_from_args(args, cls: type, *, cli_defaults: dict | None = None) -> Any:
@@ -513,18 +517,55 @@ def refuse_silent_duplicates(process_count: int) -> None:
 
 
 # ---------------------------------------------------------------------------- logging & saving
-class TrainLogger:
-    """Append-only JSONL log (``<out>/log.jsonl``): one object per logged step; resumes append."""
+TRACKERS = ("tensorboard", "wandb")
 
-    def __init__(self, out_dir: str | Path, filename: str = LOG_FILE):
+
+def trackers(report_to: str | None) -> list[str]:
+    """``report_to`` as transformers takes it (a list; [] for none), checked: a known name whose package is
+    installed. TRL's trainers hand it to transformers; PPO's TrainLogger writes to the same tools."""
+    import importlib.util
+
+    names = [n.strip() for n in (report_to or "none").split(",") if n.strip() and n.strip() != "none"]
+    for name in names:
+        if name not in TRACKERS:
+            raise UserError(f"report_to: unknown tracker {name!r}: choose none, {', '.join(TRACKERS)} "
+                            "(comma-separated for several)")
+        if importlib.util.find_spec(name) is None:
+            raise UserError(f"report_to {name} needs the {name} package: pip install 'unsafe-concepts[tracking]'")
+    return names
+
+
+class TrainLogger:
+    """Append-only JSONL log (``<out>/log.jsonl``): one object per logged step; resumes append. With
+    ``report_to``, the same numbers also go to TensorBoard (``<out>/runs``) and/or Weights & Biases."""
+
+    def __init__(self, out_dir: str | Path, filename: str = LOG_FILE, *, report_to: str | None = None,
+                 run_name: str | None = None):
         self.path = Path(out_dir) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._sinks = []
+        for name in trackers(report_to):
+            if name == "tensorboard":
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(log_dir=str(Path(out_dir) / "runs"))
+                self._sinks.append(lambda step, m, w=writer: ([w.add_scalar(k, v, step) for k, v in m.items()],
+                                                              w.flush()))
+            else:
+                import wandb
+
+                run = wandb.init(dir=str(out_dir), name=run_name or Path(out_dir).name, resume="allow")
+                self._sinks.append(lambda step, m, r=run: r.log(m, step=step))
 
     def log(self, step: int, **metrics) -> dict:
         row = {"step": step, "time": round(time.time(), 3)}
         row.update({k: _jsonable(v) for k, v in metrics.items()})
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+        numbers = {k: v for k, v in row.items() if k not in ("step", "time") and isinstance(v, (int, float))
+                   and not isinstance(v, bool)}
+        for sink in self._sinks:
+            sink(step, numbers)
         return row
 
     def rows(self) -> list[dict]:

@@ -472,7 +472,7 @@ class PPOTrainer:
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         minibatches = math.ceil(min(config.rollout_batch_size, len(items)) / config.mini_batch_size)
         self.scheduler = common.make_scheduler(self.optimizer, config, self.total_steps * config.ppo_epochs * minibatches)
-        self.logger = common.TrainLogger(self.out) if self.dist.is_main else None
+        self.logger = common.TrainLogger(self.out, report_to=config.report_to) if self.dist.is_main else None
         self.step = 0
 
     def _use_adapter(self, name: str) -> None:

@@ -111,7 +111,7 @@ def trl_args(config, cls, **method_kwargs):
         fp16=dtype in ("float16", "fp16"),
         gradient_checkpointing=getattr(config, "gradient_checkpointing", False),
         gradient_checkpointing_kwargs={"use_reentrant": False},
-        report_to=[],
+        report_to=common.trackers(getattr(config, "report_to", None)),  # [] unless asked (TensorBoard, W&B)
         remove_unused_columns=False,  # the image column and GRPO's label column must reach the collator
         dataloader_num_workers=0,
         disable_tqdm=False,
