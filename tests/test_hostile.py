@@ -228,6 +228,13 @@ def _credit_to_another_model(tmp: Path, url: str) -> list:
     return [a if a != "openai:m" else "openai:other" for a in evaluate(url, out, limit=4)]
 
 
+def _credit_finished_run_to_another_model(tmp: Path, url: str) -> list:
+    """The same edit on a finished run, repeated as it is: nothing is asked, no model is loaded, and
+    yet the rows must not be credited to "other"."""
+    argv = _credit_to_another_model(tmp, url)
+    return [a if a != "4" else "2" for a in argv]
+
+
 def _drop_config_field(path: Path) -> None:
     record = json.loads(path.read_text())
     record["config"].pop("task", None)
@@ -249,7 +256,9 @@ CASES += [
     Case("run-json-not-utf8", _run_json_edit(lambda p: p.write_bytes(BAD_UTF8)), 2, r"run\.json",
          server=answering()),
     Case("run-json-edited-to-credit-another-model", _credit_to_another_model, 2,
-         r"not the one this run was made", server=answering()),
+         r"not the one this run was made|run\.json is inconsistent", server=answering()),
+    Case("run-json-edited-finished-run-credited-to-another-model", _credit_finished_run_to_another_model, 2,
+         r"run\.json is inconsistent.*answered by 'openai:m'", server=answering()),
     Case("unknown-model-leaves-no-record",
          lambda t, u: ["evaluate", "--model", "no-such-model", *TEXT_TASK, "--limit", "2", "--out", t / "run"],
          2, r"no-such-model", server=answering(), check=_corrected_command_runs),

@@ -182,6 +182,12 @@ class RunStore:
         old_version = (record.get("task") or {}).get("version", 1)  # folders of format 1 predate task versions
         if old_version != get_task(config.task).version:
             diff["task version"] = (old_version, get_task(config.task).version)
+        made_by = (record.get("model") or {}).get("spec")
+        if made_by is not None and made_by != old_config.get("model"):
+            # the model that answered is recorded twice; a finished run is resumed without loading the
+            # model, so an edited config.model would otherwise credit these rows to another model
+            raise UserError(f"{self.run_json} is inconsistent: its rows were answered by {made_by!r} but its "
+                            f"config names {old_config.get('model')!r}; the file was edited. Use another --out.")
         if diff:
             lines = "\n".join(f"  {k}: run has {a!r}, you asked {b!r}" for k, (a, b) in diff.items())
             raise UserError(f"{self.dir} holds a run with a different configuration:\n{lines}\n"
