@@ -18,15 +18,9 @@ CORPUS = ROOT / "src/unsafe_concepts/resources/judge_corpus/labelled.jsonl"
 ROUND2 = ROOT / "src/unsafe_concepts/resources/judge_corpus/raw_llava_round2.jsonl"
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
-    return c - h, c + h
-
-
 def main() -> None:
+    from unsafe_concepts.metrics import wilson_interval  # the report's interval, not a copy
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--judges", default="first-word,rule,classifier")
     ap.add_argument("--corpus", type=Path, default=CORPUS)
@@ -60,7 +54,7 @@ def main() -> None:
         for name in names:
             rep = agreement_report([rows[i]["label"] for i in idx], [verdicts[name][i] for i in idx], labels)
             k = round(rep["accuracy"] * rep["n"])
-            lo, hi = wilson(k, rep["n"])
+            lo, hi = wilson_interval(k, rep["n"])
             cells.append(f"{rep['accuracy']:.3f} [{lo:.2f}, {hi:.2f}] | {rep['macro_f1']:.3f}")
         print(f"| {title} | {len(idx)} | " + " | ".join(cells) + " |")
 

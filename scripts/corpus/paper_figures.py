@@ -27,17 +27,12 @@ def first_word(text: str) -> str:
     return words[0].lower() if words else ""
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
-    return c - h, c + h
-
-
 def main() -> None:
+    from unsafe_concepts import paths
+    from unsafe_concepts.metrics import wilson_interval  # the report's interval, not a copy
+
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference", type=Path, default=Path("/work/shared/reference"))
+    ap.add_argument("--reference", type=Path, default=paths.reference_dir())
     ap.add_argument("--judges", default="first-word,rule,classifier")
     ap.add_argument("--examples", type=int, default=0, help="print N answers per (model, disagreement class)")
     args = ap.parse_args()
@@ -61,7 +56,7 @@ def main() -> None:
             labels.append({"yes": "safe", "no": "unsafe"}.get(w) or hand.get(f"llava-{model}-test-{a['idx']}"))
         if all(labels):
             k = sum(t == v for t, v in zip(truth, labels))
-            lo, hi = wilson(k, len(truth))
+            lo, hi = wilson_interval(k, len(truth))
             cells.append(f"{k / len(truth):.3f} [{lo:.3f}, {hi:.3f}]")
         else:
             cells.append(f"n/a ({sum(x is None for x in labels)} unlabelled)")
@@ -69,7 +64,7 @@ def main() -> None:
         for name, judge in judges.items():
             verdicts[name] = [v.label for v in judge.judge(items)]
             k = sum(t == v for t, v in zip(truth, verdicts[name]))
-            lo, hi = wilson(k, len(truth))
+            lo, hi = wilson_interval(k, len(truth))
             cells.append(f"{k / len(truth):.3f} [{lo:.3f}, {hi:.3f}]")
         print(f"| {model} | {PAPER[model]:.3f} | " + " | ".join(cells) + " |")
         details[model] = (answers, truth, labels, verdicts)
