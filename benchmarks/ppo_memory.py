@@ -19,9 +19,10 @@ import subprocess
 import sys
 import tempfile
 
+from gpu_check import separate_reference_trainer  # benchmarks/ is on sys.path: run as a script
+
 
 def run_variant(variant: str, model: str, steps: int) -> dict:
-    import copy
     import resource
     import time
 
@@ -30,29 +31,8 @@ def run_variant(variant: str, model: str, steps: int) -> dict:
     from unsafe_concepts.judges import load_judge
     from unsafe_concepts.train import data, ppo
 
-    class SeparateReferenceTrainer(ppo.PPOTrainer):
-        """The baseline: a frozen deep copy of the base model serves as the reference policy."""
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            base = self.model.get_base_model()
-            with self.model.disable_adapter():
-                # a plain copy without LoRA layers: what a non-PEFT implementation keeps in memory
-                self.ref_model = copy.deepcopy(base)
-            for module_name, module in list(self.ref_model.named_modules()):
-                for child_name, child in list(module.named_children()):
-                    if hasattr(child, "base_layer"):  # unwrap LoRA layers -> the original Linear
-                        setattr(module, child_name, child.base_layer)
-            self.ref_model.eval().requires_grad_(False)
-
-        def reference_logprobs(self, query, responses, mask):
-            policy = self.model
-            self.model = self.ref_model
-            try:
-                ref, _, _ = self._forward(query, responses, mask, with_values=False)
-            finally:
-                self.model = policy
-            return ref
+    # the baseline: a frozen copy of the base model as the reference (one definition, shared with gpu_check)
+    SeparateReferenceTrainer = separate_reference_trainer(ppo)
 
     items = data.heldout_text_items("train")[: 4 * steps]
     with tempfile.TemporaryDirectory() as out:
