@@ -156,6 +156,22 @@ def test_recomputed_logprobs_match_the_sampling_distribution(tiny_llava_dir, tmp
     assert values.shape == responses.shape
 
 
+def test_rollout_reads_old_logprobs_from_sampling(tiny_llava_dir, tmp_path):
+    """The rollout takes log pi_old from the scores generate() sampled from (no policy pass): they
+    must equal a recomputed policy pass over the same answers, for chunks of several prompts with
+    answers ending at different lengths."""
+    items = td.text_items(["Arson", "Torture", "Swastika"], ["teapot", "canoe", "violin"], seed=3, all_prompts=False)
+    cfg = ppo.PPOConfig(model=f"hf:{tiny_llava_dir}", modality="text", out_dir=str(tmp_path), temperature=0.8,
+                        **{**TINY, "response_len": 8, "generation_batch_size": 3})
+    trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
+    ro = trainer.rollout(items)
+    assert ro.mask.sum() > 0 and (ro.logp * (1 - ro.mask)).abs().max() == 0
+    with torch.no_grad():
+        for j, q, r, m in trainer.micro_batches(ro.query, ro.responses, ro.mask, torch.arange(len(items))):
+            recomputed, _, _ = trainer._forward(q, r, m, with_values=False)
+            assert torch.allclose(ro.logp[j, :r.shape[1]], recomputed, atol=1e-4)
+
+
 def _one_step(tiny_llava_dir, tmp_path, **overrides):
     """(logged metrics, gradients at the optimiser step) of PPO's first step on the tiny LLaVA."""
     from PIL import Image
@@ -170,8 +186,10 @@ def _one_step(tiny_llava_dir, tmp_path, **overrides):
         images.append(str(path))
     items = [TrainItem(id=str(i), prompt=f"Is image {i} safe?" + " Answer." * i, image=img,
                        label=("safe", "unsafe")[i % 2], concept="x", category="Safe") for i, img in enumerate(images)]
+    # whitening off: the random model's answers all earn the same reward, so whitened advantages
+    # would be float noise (~1e-7 KL differences divided by a ~1e-7 standard deviation)
     settings = {**TINY, "rollout_batch_size": 4, "mini_batch_size": 4, "generation_batch_size": 1,
-                "missing_eos_penalty": -1.0, **overrides}
+                "missing_eos_penalty": -1.0, "whiten_advantages": False, **overrides}
     cfg = ppo.PPOConfig(model=f"hf:{tiny_llava_dir}", modality="image", out_dir=str(tmp_path / "run"), **settings)
     trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
     grads = {}

@@ -364,6 +364,37 @@ def response_mask(responses: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tens
     return (before == 0).long()
 
 
+class SampledLogprobs:
+    """A logits processor for ``generate()`` that records log pi(token) of every sampled token, read
+    from the very scores it was sampled from (logits / temperature; the trainer samples with no
+    top-k/top-p truncation). The rollout then needs no separate policy pass for its old
+    log-probabilities - as TRL's PPO, which reads them from the generation logits. Only one step's
+    log-softmax is held at a time (B x V), not the whole answer's (B x L x V).
+
+    Put it last in the list given to generate(), after the temperature warper, and sample with no
+    other warper; :meth:`result` adds the last token's log-prob once the sequences are known."""
+
+    def __init__(self):
+        self.previous: torch.Tensor | None = None
+        self.logps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:  # input_ids now end with the token sampled from the previous scores
+            self.logps.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def result(self, sequences: torch.Tensor, answer_len: int) -> torch.Tensor:
+        """(B, answer_len) log-probs of the last ``answer_len`` tokens of ``sequences``."""
+        logps = list(self.logps)
+        if self.previous is not None and len(logps) < answer_len:
+            logps.append(self.previous.gather(-1, sequences[:, -1:]).squeeze(-1))
+        self.previous, self.logps = None, []
+        if not logps:
+            return sequences.new_zeros((sequences.shape[0], 0), dtype=torch.float32)
+        return torch.stack(logps[-answer_len:], dim=1)
+
+
 def _backbone_and_head(model):
     """(backbone returning ``last_hidden_state``, LM head) of a (PEFT-wrapped) causal LM or VLM.
 
@@ -556,32 +587,43 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
-    def generate(self, query: dict, first_index: int) -> torch.Tensor:
-        """Sampled answers (B, L), ``generation_batch_size`` prompts at a time. Each chunk's sampling
-        is seeded by the step and the global index of its first item, so the answers do not depend on
-        how many processes share the rollout (with chunks of one)."""
-        from transformers import GenerationConfig
+    def generate(self, query: dict, first_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled answers (B, L) and the log-prob each token was sampled with (B, L),
+        ``generation_batch_size`` prompts at a time. Each chunk's sampling is seeded by the step and
+        the global index of its first item, so the answers do not depend on how many processes
+        share the rollout (with chunks of one)."""
+        from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper
 
         cfg = self.config
-        gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0,
+        # the temperature is applied by our own processor list, right before the recorder, so the
+        # recorder reads exactly what is sampled from whatever order generate() gives its own list
+        gen = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                                max_new_tokens=cfg.response_len, pad_token_id=self.tokenizer.pad_token_id,
                                eos_token_id=self.eos_ids)
+        processors = [TemperatureLogitsWarper(cfg.temperature)] if cfg.temperature != 1.0 else []
         self._use_adapter(self.policy_adapter)
         was_training = self.model.training
         self.model.eval()
-        chunks = []
+        chunks, logp_chunks = [], []
+        recorder = SampledLogprobs()
         n = query["input_ids"].shape[0]
         for start in range(0, n, self.generation_batch):
             s = slice(start, start + self.generation_batch)
             q = {k: v[s] for k, v in query.items()}
             global_index = first_index + start * self.dist.world
             torch.manual_seed(cfg.seed * 1_000_003 + self.step * 10_007 + global_index)
-            seq = self.model.generate(**q, generation_config=gen)
-            chunks.append(seq[:, q["input_ids"].shape[1]:])
+            seq = self.model.generate(**q, generation_config=gen, logits_processor=LogitsProcessorList([*processors, recorder]))
+            answer = seq[:, q["input_ids"].shape[1]:]
+            chunks.append(answer)
+            logp_chunks.append(recorder.result(seq, answer.shape[1]))
         self.model.train(was_training)
         width = max(max(c.shape[1] for c in chunks), 1)
         pad = self.tokenizer.pad_token_id
-        return torch.cat([F.pad(c, (0, width - c.shape[1]), value=pad) if c.shape[1] < width else c for c in chunks])
+
+        def widen(c, value):
+            return F.pad(c, (0, width - c.shape[1]), value=value) if c.shape[1] < width else c
+
+        return (torch.cat([widen(c, pad) for c in chunks]), torch.cat([widen(c, 0.0) for c in logp_chunks]))
 
     @torch.no_grad()
     def rollout(self, batch: list[TrainItem]) -> Rollout:
@@ -590,16 +632,23 @@ class PPOTrainer:
                                       [it.image for it in batch] if cfg.modality == "image" else None,
                                       max_prompt_len=cfg.max_prompt_len)
         query = {k: v.to(self.device) for k, v in query.items()}
-        responses = self.generate(query, first_index=self.dist.rank)
+        responses, sampled_logp = self.generate(query, first_index=self.dist.rank)
         mask = response_mask(responses, self.eos_ids)
         if mask.shape[1] and not mask.any():  # every answer ended at once: keep its EOS token
             mask[:, 0] = 1
         responses = torch.where(mask.bool(), responses, torch.full_like(responses, self.tokenizer.pad_token_id))
-        logp, ref, values = (torch.zeros(responses.shape, device=self.device) for _ in range(3))
+        # old log-probs: those the answers were sampled with (no policy pass), unless the value
+        # model shares the policy's pass anyway
+        reuse = self.config.value_model != "shared"
+        logp = sampled_logp * mask if reuse else torch.zeros(responses.shape, device=self.device)
+        ref, values = (torch.zeros(responses.shape, device=self.device) for _ in range(2))
         for j, q, r, m in self.micro_batches(query, responses, mask, torch.arange(len(batch))):
             width = r.shape[1]
-            lp, v, _ = self._forward(q, r, m, with_values=True)
-            logp[j, :width], values[j, :width] = lp, v
+            if reuse:
+                values[j, :width] = self.values(q, r, m)
+            else:
+                lp, v, _ = self._forward(q, r, m, with_values=True)
+                logp[j, :width], values[j, :width] = lp, v
             ref[j, :width] = self.reference_logprobs(q, r, m)
         texts = [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()
                  for r, m in zip(responses, mask)]
