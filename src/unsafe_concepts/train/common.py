@@ -396,14 +396,48 @@ def make_scheduler(optimizer, config: TrainConfig, total_steps: int):
 
 
 # ---------------------------------------------------------------------------- processes
+MPI_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")  # what accelerate reads under mpirun
+
+
 def launched_world_size() -> int:
-    """How many processes the launcher (torchrun / accelerate launch) started, from its environment."""
+    """How many processes the launcher started, from its environment: ``WORLD_SIZE`` (torchrun,
+    ``accelerate launch --multi_gpu``), else the MPI size (``accelerate launch --cpu`` through mpirun)."""
     import os
 
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
+    for name in ("WORLD_SIZE", *MPI_SIZE_VARIABLES):
+        if name in os.environ:
+            try:
+                return max(1, int(os.environ[name]))
+            except ValueError:
+                return 1
+    return 1
+
+
+def flag(name: str) -> bool:
+    """An environment variable set to a true value (1, true, yes)."""
+    import os
+
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_launch() -> None:
+    """Refuse the launches that would not run the processes asked for, before any model is loaded:
+
+    - ``accelerate launch --cpu --num_processes N`` (N > 1) without ``--mpirun_hostfile``: accelerate
+      1.15 starts several CPU processes only through mpirun, so it starts ONE process (it sets
+      ``MASTER_ADDR``/``MASTER_PORT`` for N but no ``WORLD_SIZE``), which would train alone at 1/N speed.
+    - mpirun (MPI size > 1 and no ``WORLD_SIZE``) for PPO: its process group reads torchrun's
+      variables; it is refused by :class:`Dist` (TRL's trainers let accelerate read the MPI ones).
+    """
+    import os
+
+    env = os.environ
+    if (flag("ACCELERATE_USE_CPU") and "ACCELERATE_DYNAMO_BACKEND" in env and "MASTER_PORT" in env
+            and "WORLD_SIZE" not in env and not any(k in env for k in MPI_SIZE_VARIABLES)):
+        raise UserError("`accelerate launch --cpu --num_processes N` started a single process: accelerate runs several "
+                        "CPU processes only through mpirun. On CPUs launch with `ACCELERATE_USE_CPU=true accelerate "
+                        "launch --multi_gpu --num_processes N ...` or `ACCELERATE_USE_CPU=true torchrun "
+                        "--nproc_per_node N ...` (gloo), or drop --num_processes for one process")
 
 
 class Dist:
@@ -415,13 +449,18 @@ class Dist:
     whitening statistics and metrics are reduced across processes."""
 
     def __init__(self):
+        import os
+
         import torch.distributed as dist
 
         self._dist = dist
+        check_launch()
         world = launched_world_size()
+        if world > 1 and "WORLD_SIZE" not in os.environ:
+            raise UserError(f"started by mpirun as {world} processes: PPO joins its process group from torchrun's "
+                            "variables (RANK, WORLD_SIZE); launch it with `torchrun --nproc_per_node N` or "
+                            "`accelerate launch --multi_gpu --num_processes N` (on CPUs with ACCELERATE_USE_CPU=true)")
         if world > 1 and not dist.is_initialized():
-            import os
-
             import torch
 
             if not dist.is_available():
@@ -509,6 +548,7 @@ class Dist:
 def refuse_silent_duplicates(process_count: int) -> None:
     """Several processes launched, but the training library sees one: each would train the whole
     run alone and write the same folder. Refuse instead of duplicating the work silently."""
+    check_launch()
     world = launched_world_size()
     if world > 1 and process_count <= 1:
         raise UserError(f"started as {world} processes (WORLD_SIZE={world}) but no process group was formed, so each "

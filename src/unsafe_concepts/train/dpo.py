@@ -39,7 +39,7 @@ def build_trainer(config: DPOConfig, items=None):
     from unsafe_concepts.train.data import dpo_pairs
 
     items = trl_runner.load_train_items(config) if items is None else items
-    model, processor = common.load_policy(config)
+    model, processor = trl_runner.load_policy(config)
     dataset = trl_runner.to_dataset(dpo_pairs(items), processor, answer_keys=("chosen", "rejected"))
     args = trl_runner.trl_args(config, trl.DPOConfig, beta=config.beta, loss_type=[config.loss_type],
                                max_length=config.max_length, precompute_ref_log_probs=False)

@@ -92,7 +92,7 @@ def build_trainer(config: GRPOConfig, items=None, judge=None):
     import trl
 
     items = trl_runner.load_train_items(config) if items is None else items
-    model, processor = common.load_policy(config)
+    model, processor = trl_runner.load_policy(config)
     rows = [{"prompt": it.prompt, "image": it.image, "question": it.prompt, "label": it.label} for it in items]
     dataset = trl_runner.to_dataset(rows, processor, answer_keys=(), conversational_vlm=True)
     dataset = dataset.add_column("question", [r["question"] for r in rows])

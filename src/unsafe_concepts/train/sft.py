@@ -36,7 +36,7 @@ def build_trainer(config: SFTConfig, items=None):
     from unsafe_concepts.train.data import sft_examples
 
     items = trl_runner.load_train_items(config) if items is None else items
-    model, processor = common.load_policy(config)
+    model, processor = trl_runner.load_policy(config)
     dataset = trl_runner.to_dataset(sft_examples(items), processor, answer_keys=("completion",))
     args = trl_runner.trl_args(config, trl.SFTConfig, max_length=config.max_length, completion_only_loss=True,
                                packing=False, dataset_num_proc=None)

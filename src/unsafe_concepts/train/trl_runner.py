@@ -118,8 +118,37 @@ def trl_args(config, cls, **method_kwargs):
     )
     if getattr(config, "deepspeed", None):
         kwargs["deepspeed"] = config.deepspeed
+    # DeepSpeed from the config, or from `accelerate launch --config_file configs/accelerate/deepspeed_zero*.yaml`
+    if (getattr(config, "deepspeed", None) or common.flag("ACCELERATE_USE_DEEPSPEED")) and _deepspeed_on_cpus(config):
+        kwargs["accelerator_config"] = {"use_configured_state": True}
     kwargs.update(method_kwargs)
     return cls(**kwargs)
+
+
+def _deepspeed_on_cpus(config) -> bool:
+    """DeepSpeed without a GPU (its CPU accelerator, gloo): accelerate 1.15 finds no process-group backend
+    for DeepSpeed on CPUs and reports 1 process although DeepSpeed joined all of them, so every process
+    would see the whole data set. Form the group here with gloo, flagged for DeepSpeed, and let the HF
+    Trainer use that state. True when it did (several processes launched, no CUDA)."""
+    import os
+
+    import torch
+
+    if common.launched_world_size() <= 1 or torch.cuda.is_available() or (config.device or "cpu") != "cpu":
+        return False
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # as TrainingArguments does; the group itself stays
+    previous = os.environ.get("ACCELERATE_USE_DEEPSPEED")
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo")
+    finally:
+        if previous is None:
+            del os.environ["ACCELERATE_USE_DEEPSPEED"]
+        else:
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = previous
+    return True
 
 
 def last_checkpoint(out_dir: str | Path) -> str | None:
@@ -143,6 +172,29 @@ def _load_adapter_weights(model, checkpoint: str) -> None:
     set_peft_model_state_dict(model, load_file(str(Path(checkpoint) / "adapter_model.safetensors")))
 
 
+def load_policy(config):
+    """``common.load_policy`` after seeding every generator with ``config.seed``: the fresh LoRA's random
+    A matrices are then the same in every run with that seed, whatever ran before in the process (TRL
+    seeds only when the trainer is built, after the adapter exists)."""
+    from transformers import set_seed
+
+    common.check_launch()  # a launch that did not start the processes asked for: refused before loading
+    set_seed(config.seed)
+    return common.load_policy(config)
+
+
+def _drop_rows_after(out: Path, step: int) -> None:
+    """Rows of ``log.jsonl`` after ``step`` were written by a run killed before its next checkpoint:
+    those steps run again from the checkpoint and log again, so each step is logged once."""
+    from unsafe_concepts.io import write_text_atomic
+
+    log = common.TrainLogger(out)
+    rows = log.rows()
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    if len(kept) != len(rows):
+        write_text_atomic(log.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
 def run(trainer, config, method: str, *, n_items: int, quiet: bool = False) -> dict:
     """Train (resuming from the last checkpoint in ``<out>/checkpoints``), then save the adapter and
     ``train.json``; returns the record written to ``train.json``."""
@@ -151,6 +203,8 @@ def run(trainer, config, method: str, *, n_items: int, quiet: bool = False) -> d
     resume = last_checkpoint(out)
     if resume and not quiet:
         print(f"resuming {method} from {resume}")
+    if resume and trainer.is_world_process_zero():
+        _drop_rows_after(out, json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"])
     if resume and _finished(resume, trainer.args.max_steps):
         # transformers would still take one more step when resuming a finished run: load instead
         _load_adapter_weights(trainer.model, resume)
