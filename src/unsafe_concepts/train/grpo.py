@@ -76,7 +76,11 @@ def judge_reward(judge, *, task: str, kind: str, length_bonus: float = 0.0, resp
     def reward(prompts, completions, question, label, completion_ids=None, log_metric=None, **_):
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         verdicts = judge.judge([JudgeItem(task=task, prompt=q, response=t.strip()) for q, t in zip(question, texts)])
-        scores, _raw = judge_scores(verdicts, label, kind)
+        scores, raw = judge_scores(verdicts, label, kind)
+        if kind == "neg_ce_minmax" and _world() > 1:
+            # each process scores its share of the generation batch; the min-max range must be the whole
+            # batch's, as on one process (a prompt's group may span processes: TRL's sampler)
+            scores, _ = judge_scores(verdicts, label, kind, batch_range=_global_range(raw))
         if length_bonus and completion_ids is not None:
             scores = scores + length_bonus * scores.new_tensor([len(c) for c in completion_ids]) / response_len
         if log_metric is not None:
@@ -86,6 +90,24 @@ def judge_reward(judge, *, task: str, kind: str, length_bonus: float = 0.0, resp
 
     reward.__name__ = "judge_reward"
     return reward
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _global_range(raw):
+    """(min, max) of ``raw`` over every process (the tensors travel on the GPU under NCCL)."""
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else raw.device
+    lo, hi = raw.min().to(device).clone(), raw.max().to(device).clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return lo.to(raw.device), hi.to(raw.device)
 
 
 def build_trainer(config: GRPOConfig, items=None, judge=None):
