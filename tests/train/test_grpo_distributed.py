@@ -34,6 +34,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # 2 spawned processes: about 20-40 s
 def test_reward_range_spans_both_processes(tmp_path):
     import torch.multiprocessing as mp
 
