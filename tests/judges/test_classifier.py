@@ -59,6 +59,28 @@ def test_load_back_gives_the_same_probabilities(small_judge, corpus):
         assert v.probs == pytest.approx(w.probs, abs=1e-6)
 
 
+def test_batching_reads_each_distinct_answer_once_and_changes_no_probability(small_judge):
+    """Length-sorted batches under a token budget, duplicates read once: the same probabilities as one
+    answer at a time (float noise from padding aside)."""
+    out, picked = small_judge
+    judge = ClassifierJudge.load(out)
+    items = [JudgeItem(r["task"], r["prompt"], r["response"]) for r in picked]
+    items += items[:5]  # repeated answers, as models give them
+    batches = []
+    hook = judge.model.register_forward_hook(
+        lambda module, args, kwargs, result: batches.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    judge.batch_tokens = 512
+    together = judge.judge(items)
+    hook.remove()
+    assert sum(rows for rows, _ in batches) == len(items) - 5  # each distinct answer read once
+    assert all(rows * width <= 512 or rows == 1 for rows, width in batches)
+    assert len(batches) > 2  # the budget did cut the items into several batches
+    alone = [judge.judge([it])[0] for it in items]
+    for a, b in zip(together, alone):
+        assert a.label == b.label and a.probs == pytest.approx(b.probs, abs=1e-5)
+    assert [v.probs for v in together[-5:]] == [v.probs for v in together[:5]]
+
+
 def test_encode_keeps_start_and_end_of_long_answers():
     from transformers import AutoTokenizer
 

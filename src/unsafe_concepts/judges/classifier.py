@@ -71,6 +71,7 @@ HEAD_TOKENS = 56  # of a long response: keep this many tokens from the start, th
 DEFAULT_EPOCHS = 5  # the default judge's training (see docs/judges.md for its time on 2 CPU cores)
 TRAIN_LAYERS = 2  # fine-tune the top N transformer layers (+ heads); the lower ones stay frozen
 DEFAULT_SEED = 0
+BATCH_TOKENS = 4096  # padded tokens per inference batch (rows x width): short answers go in large batches
 FORMAT_VERSION = 3  # bump when the saved format or the input encoding changes: the default judge retrains
 
 
@@ -142,20 +143,23 @@ def rule_reading(item: JudgeItem) -> str:
     return judge_alignment_text(item.response or "")[0]
 
 
-def encode(tokenizer, items: list[JudgeItem], max_length: int = MAX_LENGTH, rule_hint: bool = True) -> dict:
-    """Tokenize (marker [+ rule reading] + prompt, response) pairs, keeping the response's start and end
-    when too long: the verdict sits in the first or the last sentences, the middle describes the image.
+def encode_pairs(tokenizer, items: list[JudgeItem], max_length: int = MAX_LENGTH, rule_hint: bool = True,
+                 readings: list[str] | None = None) -> list[tuple[list[int], list[int]]]:
+    """(input ids, token type ids) of each (marker [+ rule reading] + prompt, response) pair, unpadded.
 
-    Padded to the longest pair of the batch (dynamic padding); one tokenizer call per field for the whole
-    batch (the fast tokenizer runs it in Rust)."""
+    Long responses keep their start and their end: the verdict sits in the first or the last sentences,
+    the middle describes the image. One tokenizer call per field for all items (the fast tokenizer runs
+    it in Rust); ``readings`` are the rule judge's verdicts when the caller has them already."""
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     ell = tokenizer.convert_tokens_to_ids(tokenizer.tokenize("..."))
-    firsts = [f"[{item_kind(it)}] [reading: {rule_reading(it)}] {it.prompt}" if rule_hint else
-              f"[{item_kind(it)}] {it.prompt}" for it in items]
+    if rule_hint and readings is None:
+        readings = [rule_reading(it) for it in items]
+    firsts = [f"[{item_kind(it)}] [reading: {readings[k]}] {it.prompt}" if rule_hint else
+              f"[{item_kind(it)}] {it.prompt}" for k, it in enumerate(items)]
     first_ids = tokenizer(firsts, add_special_tokens=False)["input_ids"]
     resp_ids = tokenizer([it.response or "" for it in items], add_special_tokens=False)["input_ids"]
-    batch = []
+    pairs = []
     for first, resp in zip(first_ids, resp_ids):
         first = first[:PROMPT_TOKENS]
         room = max_length - len(first) - 3
@@ -163,19 +167,24 @@ def encode(tokenizer, items: list[JudgeItem], max_length: int = MAX_LENGTH, rule
             head = min(HEAD_TOKENS, room // 2)
             tail = room - head - len(ell)
             resp = resp[:head] + ell + resp[-tail:]
-        ids = [cls_id, *first, sep_id, *resp, sep_id]
-        types = [0] * (len(first) + 2) + [1] * (len(resp) + 1)
-        batch.append((ids, types))
-    width = max(len(ids) for ids, _ in batch)
+        pairs.append(([cls_id, *first, sep_id, *resp, sep_id], [0] * (len(first) + 2) + [1] * (len(resp) + 1)))
+    return pairs
+
+
+def pad_pairs(tokenizer, pairs: list[tuple[list[int], list[int]]]) -> dict:
+    """Pad to the longest pair of the batch (dynamic padding): input_ids, attention_mask, token_type_ids."""
+    width = max(len(ids) for ids, _ in pairs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    token_types = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, (ids, types) in enumerate(batch):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        mask[i, : len(ids)] = 1
-        token_types[i, : len(types)] = torch.tensor(types)
-    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_types}
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in pairs], dtype=torch.long)
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in pairs], dtype=torch.long)
+    types = torch.tensor([t + [0] * (width - len(t)) for _, t in pairs], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def encode(tokenizer, items: list[JudgeItem], max_length: int = MAX_LENGTH, rule_hint: bool = True) -> dict:
+    """Tokenize (marker [+ rule reading] + prompt, response) pairs (``encode_pairs``) and pad them to the
+    longest of the batch (``pad_pairs``)."""
+    return pad_pairs(tokenizer, encode_pairs(tokenizer, items, max_length, rule_hint))
 
 
 def quantize_int8(model):
@@ -201,7 +210,8 @@ class ClassifierJudge(Judge):
         self.model, self.tokenizer, self.meta, self.directory = model, tokenizer, meta, Path(directory)
         self.max_length = int(meta.get("max_length", MAX_LENGTH))
         self.rule_hint = bool(meta.get("rule_hint", False))
-        self.batch_size = 32
+        self.batch_size = 64  # rows per batch at most
+        self.batch_tokens = BATCH_TOKENS
         self.int8 = int8
         if int8:
             self.model = quantize_int8(self.model)
@@ -231,29 +241,57 @@ class ClassifierJudge(Judge):
         return cls(model, tokenizer, meta, directory, int8=int8)
 
     def logits(self, items: list[JudgeItem]):
-        """Raw head logits per item (a list of 1-D tensors; length depends on the task type).
+        """Raw head logits per item (a list of 1-D tensors; length depends on the task type)."""
+        return self._read(items)[0]
 
-        Items of one task type are sorted by length and batched (little padding), in inference mode."""
-        out: list = [None] * len(items)
-        lengths = [len(it.prompt or "") + len(it.response or "") for it in items]
+    def _read(self, items: list[JudgeItem]) -> tuple[list, list[str]]:
+        """(logits, rule readings) per item.
+
+        Identical items (same kind, prompt and response) are read once. All items are tokenized in one
+        call, then each task type's items are sorted by their token count and cut into batches of at most
+        ``batch_tokens`` tokens (padded width x rows; at most ``batch_size`` rows), so a batch pads
+        almost nothing and short answers go through in large batches. Inference mode throughout."""
+        slot: dict[tuple, int] = {}
+        unique: list[JudgeItem] = []
+        owner = []
+        for it in items:
+            key = (item_kind(it), it.prompt or "", it.response or "")
+            if key not in slot:
+                slot[key] = len(unique)
+                unique.append(it)
+            owner.append(slot[key])
+        readings = [rule_reading(it) for it in unique]
+        logits: list = [None] * len(unique)
+        token_types = _wants_token_types(self.model.encoder)
         for kind in HEADS:
-            idx = sorted((i for i, it in enumerate(items) if item_kind(it) == kind), key=lengths.__getitem__)
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start:start + self.batch_size]
-                enc = encode(self.tokenizer, [items[i] for i in chunk], self.max_length, self.rule_hint)
-                if not _wants_token_types(self.model.encoder):
+            idx = [i for i, it in enumerate(unique) if item_kind(it) == kind]
+            if not idx:
+                continue
+            pairs = encode_pairs(self.tokenizer, [unique[i] for i in idx], self.max_length, self.rule_hint,
+                                 [readings[i] for i in idx])
+            order = sorted(range(len(idx)), key=lambda k: len(pairs[k][0]))
+            start = 0
+            while start < len(order):
+                stop = start + 1  # sorted ascending: the last row of a batch sets its width
+                while (stop < len(order) and stop - start < self.batch_size
+                       and len(pairs[order[stop]][0]) * (stop + 1 - start) <= self.batch_tokens):
+                    stop += 1
+                chunk = order[start:stop]
+                enc = pad_pairs(self.tokenizer, [pairs[k] for k in chunk])
+                if not token_types:
                     enc.pop("token_type_ids")
                 with torch.inference_mode():
-                    logits = self.model(kind=kind, **enc)
-                for i, row in zip(chunk, logits):
-                    out[i] = row
-        return out
+                    out = self.model(kind=kind, **enc)
+                for k, row in zip(chunk, out):
+                    logits[idx[k]] = row
+                start = stop
+        return [logits[j] for j in owner], [readings[j] for j in owner]
 
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         verdicts = []
-        for it, logits in zip(items, self.logits(items)):
+        all_logits, readings = self._read(items)
+        for it, logits, reading in zip(items, all_logits, readings):
             kind = item_kind(it)
-            reading = rule_reading(it)
             probs = verdict_probs(kind, torch.softmax(logits.float(), dim=-1).tolist(), reading)
             best = max(probs, key=probs.get)
             why = "agrees with the rule reading" if best == reading else f"overrides the rule reading {reading!r}"
