@@ -142,12 +142,15 @@ class LlamaCppBackend(ModelBackend):
         if self._ctx is not None:
             lib.llama_batch_free(self._batch)
             lib.llama_free(self._ctx)
-        params = lib.llama_context_default_params()
+        # the settings of llama-cpp-python's own context (flash attention off, cache types, RoPE),
+        # so both engines compute the same way; only the size and the sequences differ
+        own = self.llm.context_params
+        params = type(own).from_buffer_copy(own)
         params.n_ctx = n_seqs * self.context_per_query
         params.n_batch = params.n_ctx
         params.n_ubatch = 512
         params.n_seq_max = n_seqs
-        params.kv_unified = True
+        params.kv_unified = False  # a KV stream per sequence: attention reads its own cells only
         params.n_threads = params.n_threads_batch = self.n_threads
         params.no_perf = True
         self._ctx = lib.llama_init_from_model(self._model, params)
