@@ -72,3 +72,24 @@ def test_errors_stay_with_their_query(engine):
 def test_bad_spec_is_a_user_error():
     with pytest.raises(UserError, match="gguf"):
         llamacpp.resolve_gguf("llamacpp:/nonexistent/model.bin")
+
+
+def test_evaluate_runs_a_llamacpp_model(tmp_path):
+    """The spec goes through the one runner like any other: rows, verdicts and the model in run.json."""
+    import json
+
+    from unsafe_concepts.cli import main
+
+    out = tmp_path / "run"
+    assert main(["evaluate", "--model", "llamacpp:smollm2-135m", "--task", "alignment_text_only", "--data", "sample",
+                 "--limit", "2", "--max-new-tokens", "4", "--judge", "rule", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["response"] for r in rows)
+    assert json.loads((out / "run.json").read_text())["model"]["identity"]["backend"] == "llamacpp"
+
+
+def test_hf_only_options_are_refused_for_llamacpp():
+    from unsafe_concepts.models.registry import load_model
+
+    with pytest.raises(UserError, match="hf: models only"):
+        load_model("llamacpp:smollm2-135m", adapter="some/adapter")

@@ -133,6 +133,7 @@ class LlamaCppBackend(ModelBackend):
             per_item = (time.perf_counter() - t0) / len(chunk)
             for (i, _), (text, n) in zip(chunk, texts):
                 out[i] = Generation(text=text, latency_s=per_item, n_tokens=n)
+            self._report_progress(len(chunk))
         return out  # type: ignore[return-value]
 
     def _context(self, n_seqs: int):

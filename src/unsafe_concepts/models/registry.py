@@ -1,4 +1,5 @@
-"""Model specs -> backends: ``hf:<hub id or path>``, ``openai:<model>``, and the offline aliases."""
+"""Model specs -> backends: ``hf:<hub id or path>``, ``openai:<model>``, ``llamacpp:<gguf>``, and the
+offline aliases."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ from unsafe_concepts.models.offline import OFFLINE_ALIASES
 VALID_FORMS = (
     "hf:<hub id or local folder> (any transformers image-text-to-text model, or a text-only causal LM)",
     "openai:<model> (an OpenAI-compatible server; see --base-url and --api-key-env)",
+    "llamacpp:<file.gguf or smollm2-135m> (text-only GGUF models through llama-cpp-python, an optional extra)",
     *(f"{alias} (offline)" for alias in OFFLINE_ALIASES),
 )
 
@@ -54,6 +56,13 @@ def load_model(
         extra = {"timeout": timeout} if timeout is not None else {}
         return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
                              supports_images=not text_only, **extra)
+    if spec.startswith("llamacpp:"):
+        if adapter or device_map or trust_remote_code or prompt_format not in (None, "auto") or dtype:
+            raise UserError("--adapter, --device-map, --trust-remote-code, --prompt-format and --dtype apply to "
+                            "hf: models only (a llamacpp: model is a GGUF file with its own chat template)")
+        from unsafe_concepts.models.llamacpp import LlamaCppBackend  # lazy: llama-cpp-python only when needed
+
+        return LlamaCppBackend(spec)
     if spec.startswith("hf:") or spec in OFFLINE_ALIASES:
         from unsafe_concepts.models.hf import HFBackend  # lazy: torch/transformers only when needed
 
