@@ -1,5 +1,6 @@
-"""The multi-GPU launch files are well-formed. DeepSpeed cannot run on this CPU box: these check
-structure (and that accelerate itself parses the YAML), not behaviour on GPUs."""
+"""The multi-GPU launch files are well-formed: structure, and that accelerate (and DeepSpeed, when
+installed) parse them. These say nothing about behaviour on GPUs; ZeRO-2/3 runs on 2 CPU processes are in
+tests/train/test_deepspeed_distributed.py (skipped without DeepSpeed)."""
 from __future__ import annotations
 
 import json
