@@ -79,6 +79,10 @@ class PPOConfig(common.TrainConfig):
     mini_batch_size: int = 32  # answers per optimiser step (reference: one step per rollout of 32)
     generation_batch_size: int | None = None  # prompts sampled at once; None: 8 on CPU, the rollout on GPU
     gradient_checkpointing: bool = True  # recompute activations in the update pass: far less memory
+    # merge the policy's LoRA weights into the base weights while sampling (and unmerge after): on a
+    # CPU sampling 1.9x faster at r=128. None: only when the base weights are float32, where the
+    # round trip leaves them within a rounding error (in bf16 it would drift step after step)
+    merge_for_generation: bool | None = None
     logprob_chunk_tokens: int = 512  # answer tokens per chunk of the log-softmax over the vocabulary
     ppo_epochs: int = 1
     response_len: int = 512
@@ -477,6 +481,10 @@ class PPOTrainer:
                 r=policy_lora.r, lora_alpha=policy_lora.lora_alpha, lora_dropout=0.0,
                 target_modules=policy_lora.target_modules, bias="none", task_type="CAUSAL_LM"))
         self.policy_adapter = "default"
+        base_dtypes = {m.base_layer.weight.dtype for m in self.model.modules()
+                       if hasattr(m, "base_layer") and hasattr(m.base_layer, "weight")}
+        self.merge_for_generation = (config.merge_for_generation if config.merge_for_generation is not None
+                                     else base_dtypes == {torch.float32})
         self.value_head = ValueHead(hidden_size_of(self.model), zero_init=config.value_model == "adapter").to(
             self.device)
         self.trainable = [p for n, p in self.model.named_parameters() if "lora_" in n]
@@ -607,15 +615,23 @@ class PPOTrainer:
         chunks, logp_chunks = [], []
         recorder = SampledLogprobs()
         n = query["input_ids"].shape[0]
-        for start in range(0, n, self.generation_batch):
-            s = slice(start, start + self.generation_batch)
-            q = {k: v[s] for k, v in query.items()}
-            global_index = first_index + start * self.dist.world
-            torch.manual_seed(cfg.seed * 1_000_003 + self.step * 10_007 + global_index)
-            seq = self.model.generate(**q, generation_config=gen, logits_processor=LogitsProcessorList([*processors, recorder]))
-            answer = seq[:, q["input_ids"].shape[1]:]
-            chunks.append(answer)
-            logp_chunks.append(recorder.result(seq, answer.shape[1]))
+        merge = self.merge_for_generation
+        if merge:
+            self.model.merge_adapter([self.policy_adapter])
+        try:
+            for start in range(0, n, self.generation_batch):
+                s = slice(start, start + self.generation_batch)
+                q = {k: v[s] for k, v in query.items()}
+                global_index = first_index + start * self.dist.world
+                torch.manual_seed(cfg.seed * 1_000_003 + self.step * 10_007 + global_index)
+                seq = self.model.generate(**q, generation_config=gen,
+                                          logits_processor=LogitsProcessorList([*processors, recorder]))
+                answer = seq[:, q["input_ids"].shape[1]:]
+                chunks.append(answer)
+                logp_chunks.append(recorder.result(seq, answer.shape[1]))
+        finally:
+            if merge:
+                self.model.unmerge_adapter()
         self.model.train(was_training)
         width = max(max(c.shape[1] for c in chunks), 1)
         pad = self.tokenizer.pad_token_id
