@@ -1,12 +1,18 @@
 """Judge speed on 2,000 real LLaVA-1.5-7B answers of the reference (UnsafeConcepts_TEST, NSFW, SMID, context).
 
 Prints ``rule_per_s:`` and ``classifier_per_s:`` (the judges as shipped), ``ensemble_per_s:`` (rule-first
-combination) and ``classifier_int8_per_s:`` (dynamic int8, off by default: it lowered held-out accuracy),
+combination) and ``classifier_int8_per_s:`` (dynamic int8, off by default: it changes held-out verdicts),
 and, measured side by side in the same run, the rule and classifier judges as they were before the speed
 work (their source is read from git history, commit OLD_COMMIT), so that the ratios hold on a loaded
-machine too. Also prints how many verdicts each fast path changes.
+machine too. Also prints how many verdicts each fast path changes, and the load average (``uptime``'s
+three numbers) at the start and at the end: on a shared machine the absolute rates mean little without it.
 
-    .venv/bin/python benchmarks/judges.py [--reference /work/shared/reference] [--n 2000]
+Every rule timing is a cold start (no sentence or answer seen before); the rule rates are the median of
+``--reps`` runs, old and new interleaved. The old classifier is slow, so the classifier ratio is measured
+on the first ``--n-old`` answers (old and new interleaved, ``--reps-classifier`` times each);
+``classifier_per_s`` itself is on all answers.
+
+    .venv/bin/python benchmarks/judges.py [--reference /work/shared/reference] [--n 2000] [--n-old 300]
 """
 from __future__ import annotations
 
@@ -14,7 +20,9 @@ import argparse
 import glob
 import importlib.util
 import json
+import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,16 +63,57 @@ def old_module(relpath: str, name: str):
     return module
 
 
+CPU_RATES: dict[int, float] = {}  # id(judge.judge's owner) -> answers per CPU-second of this process, last run
+
+
 def per_second(fn, items) -> tuple[float, list]:
-    start = time.perf_counter()
+    """Answers per wall-clock second; answers per CPU-second of this process goes to CPU_RATES."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn(items)
+    CPU_RATES[id(getattr(fn, "__self__", fn))] = len(items) / max(time.process_time() - cpu, 1e-9)
     return len(items) / (time.perf_counter() - start), out
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def clear_rule_caches(module) -> None:
+    """A cold start: no sentence (and no answer, where the module caches answers) seen before."""
+    for name in ("_sentence_reading", "judge_alignment_text"):
+        fn = getattr(module, name, None)
+        if hasattr(fn, "cache_clear"):
+            fn.cache_clear()
+
+
+def interleaved(judges: dict, items, reps: int, before=None) -> tuple[dict, dict]:
+    """Median answers/s of each judge over ``reps`` runs, the judges taking turns; the last verdicts."""
+    rates: dict = {name: [] for name in judges}
+    cpu_rates: dict = {name: [] for name in judges}
+    verdicts: dict = {}
+    for _ in range(reps):
+        for name, judge in judges.items():
+            if before:
+                before(name)
+            rate, verdicts[name] = per_second(judge.judge, items)
+            rates[name].append(rate)
+            cpu_rates[name].append(CPU_RATES[id(judge)])
+    for name in judges:
+        CPU_RATES[id(judges[name])] = statistics.median(cpu_rates[name])
+    return {k: statistics.median(v) for k, v in rates.items()}, verdicts
+
+
+def changed(a, b) -> int:
+    return sum(x.label != y.label for x, y in zip(a, b))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference", type=Path, default=Path("/work/shared/reference"))
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--n-old", type=int, default=300, help="answers for the side-by-side classifier ratio")
+    ap.add_argument("--reps", type=int, default=5, help="cold runs of each rule judge (median reported)")
+    ap.add_argument("--reps-classifier", type=int, default=1)
     ap.add_argument("--skip-classifier", action="store_true")
     args = ap.parse_args()
     import torch
@@ -74,41 +123,54 @@ def main() -> None:
 
     items = real_answers(args.reference, args.n)
     print(f"answers: {len(items)} (torch threads: {torch.get_num_threads()})")
+    print(f"load_average_start: {load()}")
 
     old_rule = old_module("src/unsafe_concepts/judges/rule.py", "rule_old")
-    rule._sentence_reading.cache_clear()  # a cold start: no sentence seen before
-    rule_s, new = per_second(rule.RuleJudge().judge, items)
-    print(f"rule_per_s: {rule_s:.0f}")
+    judges = {"new": rule.RuleJudge()}
     if old_rule is not None:
-        old_s, old = per_second(old_rule.RuleJudge().judge, items)
-        print(f"rule_old_per_s: {old_s:.0f}")
-        print(f"rule_speedup: {rule_s / old_s:.1f}")
+        judges["old"] = old_rule.RuleJudge()
+    modules = {"new": rule, "old": old_rule}
+    rates, verdicts = interleaved(judges, items, args.reps, before=lambda name: clear_rule_caches(modules[name]))
+    print(f"rule_per_s: {rates['new']:.0f}")
+    # per second of this process's CPU time: what one free core gives (the rule judge is single-threaded)
+    print(f"rule_per_cpu_s: {CPU_RATES[id(judges['new'])]:.0f}")
+    if old_rule is not None:
+        print(f"rule_old_per_s: {rates['old']:.0f} (per CPU-second: {CPU_RATES[id(judges['old'])]:.0f})")
+        print(f"rule_speedup: {rates['new'] / rates['old']:.1f}")
         # the old rules read hedges differently (see docs/judges.md): these are those answers, not speed effects
-    print(f"rule_verdicts_differing_from_old_rules: {sum(a.label != b.label for a, b in zip(new, old))}")
+        print(f"rule_verdicts_differing_from_old_rules: {changed(verdicts['new'], verdicts['old'])}")
     if args.skip_classifier:
+        print(f"load_average_end: {load()}")
         return
 
     directory = ensure_default_judge()
     fast = ClassifierJudge.load(directory)
     cls_s, fast_v = per_second(fast.judge, items)
     print(f"classifier_per_s: {cls_s:.1f} (int8: {fast.int8})")
+    # CPU-seconds summed over torch's threads (spin-waiting included): a free machine with that many cores
+    # gives between this and threads x this
+    print(f"classifier_per_cpu_s: {CPU_RATES[id(fast)]:.1f}")
+    old_cls = old_module("src/unsafe_concepts/judges/classifier.py", "classifier_old")
+    if old_cls is not None:
+        sub = items[: args.n_old]
+        rates, got = interleaved({"new": fast, "old": old_cls.ClassifierJudge.load(directory)}, sub,
+                                 args.reps_classifier)
+        print(f"classifier_old_per_s: {rates['old']:.1f} (on {len(sub)}; new on the same: {rates['new']:.1f})")
+        print(f"classifier_speedup: {rates['new'] / rates['old']:.2f}")
+        print(f"classifier_vs_old_changed: {changed(got['new'], got['old'])} of {len(sub)}")
     from unsafe_concepts.judges.ensemble import EnsembleJudge
 
     ens = EnsembleJudge(fast)
     ens_s, ens_v = per_second(ens.judge, items)
     print(f"ensemble_per_s: {ens_s:.1f} (encoder read {ens.n_classifier} of {len(items)})")
-    print(f"ensemble_vs_classifier_changed: {sum(a.label != b.label for a, b in zip(ens_v, fast_v))}")
+    print(f"ensemble_vs_classifier_changed: {changed(ens_v, fast_v)}")
     int8 = ClassifierJudge.load(directory, int8=True)
     int8_s, int8_v = per_second(int8.judge, items)
     print(f"classifier_int8_per_s: {int8_s:.1f}")
-    print(f"classifier_int8_changed: {sum(a.label != b.label for a, b in zip(int8_v, fast_v))}")
-    old_cls = old_module("src/unsafe_concepts/judges/classifier.py", "classifier_old")
-    if old_cls is not None:
-        old_judge = old_cls.ClassifierJudge.load(directory)
-        old_s, _ = per_second(old_judge.judge, items)
-        print(f"classifier_old_per_s: {old_s:.1f}")
-        print(f"classifier_speedup: {cls_s / old_s:.1f}")
+    print(f"classifier_int8_changed: {changed(int8_v, fast_v)}")
+    print(f"load_average_end: {load()}")
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # lines appear as they are measured, also into a pipe
     main()
