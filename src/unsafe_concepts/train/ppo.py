@@ -83,7 +83,9 @@ class PPOConfig(common.TrainConfig):
     # CPU sampling 1.9x faster at r=128. None: only when the base weights are float32, where the
     # round trip leaves them within a rounding error (in bf16 it would drift step after step)
     merge_for_generation: bool | None = None
-    logprob_chunk_tokens: int = 512  # answer tokens per chunk of the log-softmax over the vocabulary
+    # answer tokens per chunk of the log-softmax over the vocabulary: about 5 float32 tensors of
+    # chunk x vocabulary live at once (128 x 49k: 125 MB for SmolLM2; 512 would be 500 MB)
+    logprob_chunk_tokens: int = 128
     ppo_epochs: int = 1
     response_len: int = 512
     temperature: float = 1.0
@@ -791,6 +793,7 @@ class PPOTrainer:
                 self.dist.sum_gradients(self.params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)  # no gradients held through the next rollout
                 self.scheduler.step()
                 summed = self.dist.sum(torch.tensor(list(step_stats.values()), dtype=torch.float64))
                 for key, val in zip(step_stats, summed.tolist()):
