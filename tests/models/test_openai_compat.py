@@ -256,6 +256,18 @@ def test_ctrl_c_stops_promptly_instead_of_waiting_out_backoffs():
     def busy(n, body, headers):
         return 429, {"error": {"message": "slow down"}}, {"Retry-After": "30"}, 0
 
+    # Python's own Ctrl-C handler, as in a terminal: a shell starts background jobs (`cmd &`) with
+    # SIGINT ignored, and Python then keeps it ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_a_run_that_waits_on_backoffs(busy)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_a_run_that_waits_on_backoffs(busy):
+    import signal
+
     with ScriptedServer(busy) as server:
         backend = OpenAIBackend("m", base_url=server.base_url, concurrency=2)
         main = threading.main_thread().ident  # a real SIGINT, as Ctrl-C sends, to the main thread
