@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -447,7 +446,7 @@ class PPOTrainer:
         config.validate()
         if not items:
             raise UserError("PPO needs at least one training item")
-        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes"):
+        if common.flag("ACCELERATE_USE_DEEPSPEED"):
             raise UserError("PPO runs data-parallel (one model copy per process, gradients summed); it does not run "
                             "under DeepSpeed ZeRO: launch it with configs/accelerate/multi_gpu.yaml or torchrun "
                             "(a 7B model with LoRA fits one 80 GB GPU, see docs/scale-out.md)")
