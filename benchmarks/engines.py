@@ -7,12 +7,16 @@ Paths (same text-only alignment prompts, rendered with SmolLM2's chat template; 
 - ``llama.cpp one-at-a-time``: llama-cpp-python's own API (``Llama.create_completion``), one prompt at
   a time, on the SmolLM2 GGUF that the offline model is converted from (what a user would pick instead);
 - ``llamacpp batched xB``: the project's ``llamacpp:`` engine (models/llamacpp.py), B sequences decoded
-  together in one llama.cpp context.
+  together in one llama.cpp context;
+- ``llama.cpp one-at-a-time f32`` and ``llamacpp batched xB f32``: the same two on
+  ``llamacpp:smollm2-135m-f32``, the GGUF dequantised to float32 (the weights the ``hf:`` paths run),
+  for which llama.cpp has sgemm kernels that batching can use.
 
 The llama.cpp paths need ``pip install llama-cpp-python`` (compiles llama.cpp); without it they are
 skipped and said so. Paths run chunk by chunk, interleaved (alternating which goes first), so that
 every path sees the same background load. Prints tokens/s of each, ``hf_speedup: X`` (hf batched over
-hf one-at-a-time) and ``vs_llamacpp: X`` (the project's fastest path over llama.cpp one-at-a-time).
+hf one-at-a-time) and ``vs_llamacpp: X`` (the project's fastest path over the faster of llama.cpp's two
+one-at-a-time paths).
 
     .venv/bin/python benchmarks/engines.py                       # 16 prompts, 64 new tokens, batch 16
     .venv/bin/python benchmarks/engines.py --n 32 --max-new-tokens 64 --threads 2
@@ -64,7 +68,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2, help="threads of every engine (torch and llama.cpp)")
-    ap.add_argument("--skip", default="", help="comma-separated paths to skip: hf1,hf,cpp1,cpp")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated paths to skip: hf1,hf,cpp1,cpp,cpp1f32,cppf32")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
@@ -74,34 +79,38 @@ def main(argv=None) -> None:
     hf = load_model("smollm2-135m")
     paths = {}
     if "hf1" not in skip:
-        paths["hf one-at-a-time"] = ("hf", 1)
+        paths["hf one-at-a-time"] = ("hf", 1, "")
     if "hf" not in skip:
-        paths[f"hf batched x{args.batch_size}"] = ("hf", args.batch_size)
-    engine = None
+        paths[f"hf batched x{args.batch_size}"] = ("hf", args.batch_size, "")
+    engines = {}  # GGUF variant -> the project's llamacpp: engine on it
     if llamacpp.available():
-        engine = llamacpp.LlamaCppBackend("llamacpp:smollm2-135m", batch_size=args.batch_size, n_threads=args.threads)
-        if "cpp1" not in skip:
-            paths["llama.cpp one-at-a-time"] = ("cpp1", 1)
-        if "cpp" not in skip:
-            paths[f"llamacpp batched x{args.batch_size}"] = ("cpp", args.batch_size)
+        for variant, spec in (("", "llamacpp:smollm2-135m"), (" f32", f"llamacpp:{llamacpp.SMOLLM2_F32}")):
+            key = variant.strip()
+            if {f"cpp1{key}", f"cpp{key}"} <= skip:
+                continue
+            engines[variant] = llamacpp.LlamaCppBackend(spec, batch_size=args.batch_size, n_threads=args.threads)
+            if f"cpp1{key}" not in skip:
+                paths[f"llama.cpp one-at-a-time{variant}"] = ("cpp1", 1, variant)
+            if f"cpp{key}" not in skip:
+                paths[f"llamacpp batched x{args.batch_size}{variant}"] = ("cpp", args.batch_size, variant)
     else:
         print("llama.cpp paths skipped: llama-cpp-python is not installed (pip install llama-cpp-python)")
-    single = LlamaCppOneAtATime(engine) if engine else None
+    singles = {variant: LlamaCppOneAtATime(engine) for variant, engine in engines.items()}
 
-    def run(kind, batch, chunk):
+    def run(kind, batch, variant, chunk):
         if kind == "hf":
             hf.batch_size = batch
             return hf.generate(chunk, cfg)
         if kind == "cpp1":
-            return single.generate(chunk, cfg)
-        engine.batch_size = batch
-        return engine.generate(chunk, cfg)
+            return singles[variant].generate(chunk, cfg)
+        engines[variant].batch_size = batch
+        return engines[variant].generate(chunk, cfg)
 
     print(f"SmolLM2-135M-Instruct | {args.n} text-only alignment prompts | greedy, max_new_tokens {args.max_new_tokens} "
-          f"| {args.threads} threads | torch {torch.__version__} float32 (hf) | GGUF {engine.gguf.name if engine else '-'} "
-          f"(llama.cpp) | {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
-    for kind, batch in paths.values():  # warm-up: first-call allocations, template caches
-        run(kind, min(batch, 2), queries[:2])
+          f"| {args.threads} threads | torch {torch.__version__} float32 (hf) | GGUF "
+          f"{', '.join(e.gguf.name for e in engines.values()) or '-'} (llama.cpp) | {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
+    for kind, batch, variant in paths.values():  # warm-up: first-call allocations, template caches
+        run(kind, min(batch, 2), variant, queries[:2])
 
     results = {name: [] for name in paths}
     seconds = {name: 0.0 for name in paths}
@@ -121,7 +130,7 @@ def main(argv=None) -> None:
         tokens = sum(g.n_tokens or 0 for g in gens)
         errors = sum(g.error is not None for g in gens)
         tps[name] = tokens / seconds[name]
-        print(f"{name:>26}: {len(gens)} responses ({errors} errors), {tokens} tokens, {seconds[name]:.1f} s, "
+        print(f"{name:>30}: {len(gens)} responses ({errors} errors), {tokens} tokens, {seconds[name]:.1f} s, "
               f"{len(gens) / seconds[name]:.2f} responses/s, {tps[name]:.1f} tokens/s")
     names = list(paths)
 
@@ -134,16 +143,21 @@ def main(argv=None) -> None:
     same("hf one-at-a-time", batched_hf)
     same("llama.cpp one-at-a-time", f"llamacpp batched x{args.batch_size}")
     same(batched_hf, f"llamacpp batched x{args.batch_size}")
+    same("llama.cpp one-at-a-time f32", f"llamacpp batched x{args.batch_size} f32")
+    same("hf one-at-a-time", "llama.cpp one-at-a-time f32")  # same float32 weights, two engines
+    same(batched_hf, f"llamacpp batched x{args.batch_size} f32")
     if "hf one-at-a-time" in tps and batched_hf in tps:
         print(f"hf_speedup: {tps[batched_hf] / tps['hf one-at-a-time']:.2f}")
     ours = [n for n in names if n.startswith(("hf batched", "llamacpp batched"))]
-    if "llama.cpp one-at-a-time" in tps and ours:
-        best = max(ours, key=tps.get)
+    theirs = [n for n in names if n.startswith("llama.cpp one-at-a-time")]
+    if theirs and ours:
+        best, baseline = max(ours, key=tps.get), max(theirs, key=tps.get)
         print(f"fastest project path: {best} ({tps[best]:.1f} tokens/s)")
-        print(f"vs_llamacpp: {tps[best] / tps['llama.cpp one-at-a-time']:.2f}")
+        print(f"fastest llama.cpp one-at-a-time: {baseline} ({tps[baseline]:.1f} tokens/s)")
+        print(f"vs_llamacpp: {tps[best] / tps[baseline]:.2f}")
     else:
-        print("vs_llamacpp: n/a (llama-cpp-python not installed)")
-    if engine:
+        print("vs_llamacpp: n/a (llama-cpp-python not installed, or its paths skipped)")
+    for engine in engines.values():
         engine.close()
 
 

@@ -55,3 +55,27 @@ def test_image_chat_template_matches_smollm2_for_text():
     text = tok.apply_chat_template(listed, chat_template=image_chat_template(), tokenize=False,
                                    add_generation_prompt=True)
     assert text == own.replace("user\nIs it safe?", "user\n<image>\nIs it safe?")
+
+
+def test_f32_gguf_holds_the_weights_the_hf_path_runs():
+    """The float32 GGUF for llama.cpp (``llamacpp:smollm2-135m-f32``), read back by transformers' own
+    GGUF loader, gives exactly the weights of the ``smollm2-135m`` folder (both dequantise the same
+    4-bit file; transformers also undoes llama.cpp's Q/K row order, so this checks the layout too)."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from unsafe_concepts.models.offline import smollm2_f32_gguf
+
+    path = smollm2_f32_gguf()
+    reader = gguf.GGUFReader(path)
+    assert {t.tensor_type for t in reader.tensors} == {gguf.GGMLQuantizationType.F32}
+    assert reader.get_field(gguf.Keys.General.FILE_TYPE).contents() == int(gguf.LlamaFileType.ALL_F32)
+    assert "tokenizer.chat_template" in reader.fields
+    mtime = path.stat().st_mtime_ns
+    assert smollm2_f32_gguf() == path and path.stat().st_mtime_ns == mtime  # built once
+
+    from_f32 = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).state_dict()
+    plain = AutoModelForCausalLM.from_pretrained(smollm2_dir(), dtype=torch.float32).state_dict()
+    assert from_f32.keys() == plain.keys()
+    assert all(torch.equal(from_f32[k], plain[k]) for k in plain)

@@ -158,7 +158,8 @@ def encode_pairs(tokenizer, items: list[JudgeItem], max_length: int = MAX_LENGTH
     firsts = [f"[{item_kind(it)}] [reading: {readings[k]}] {it.prompt}" if rule_hint else
               f"[{item_kind(it)}] {it.prompt}" for k, it in enumerate(items)]
     first_ids = tokenizer(firsts, add_special_tokens=False)["input_ids"]
-    resp_ids = tokenizer([it.response or "" for it in items], add_special_tokens=False)["input_ids"]
+    # whole responses on purpose (cut below, keeping both ends): no "longer than the maximum" warning
+    resp_ids = tokenizer([it.response or "" for it in items], add_special_tokens=False, verbose=False)["input_ids"]
     pairs = []
     for first, resp in zip(first_ids, resp_ids):
         first = first[:PROMPT_TOKENS]

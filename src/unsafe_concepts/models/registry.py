@@ -11,7 +11,7 @@ from unsafe_concepts.models.offline import OFFLINE_ALIASES
 VALID_FORMS = (
     "hf:<hub id or local folder> (any transformers image-text-to-text model, or a text-only causal LM)",
     "openai:<model> (an OpenAI-compatible server; see --base-url and --api-key-env)",
-    "llamacpp:<file.gguf or smollm2-135m> (text-only GGUF models through llama-cpp-python, an optional extra)",
+    "llamacpp:<file.gguf, smollm2-135m or smollm2-135m-f32> (text-only GGUF models through llama-cpp-python, an optional extra)",
     *(f"{alias} (offline)" for alias in OFFLINE_ALIASES),
 )
 

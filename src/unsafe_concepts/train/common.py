@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -72,6 +73,10 @@ class TrainConfig:
     # Where training curves go besides log.jsonl, as transformers' ``report_to``: "none" (default),
     # "tensorboard", "wandb", or both comma-separated. Needs the [tracking] extra.
     report_to: str = "none"
+    # CPU memory (glibc): while the update's forward/backward passes run, every buffer of at least this
+    # many bytes gets a mapping of its own, handed back to the OS when freed (see
+    # :func:`large_buffers_returned`). None or 0: leave the allocator as it is.
+    cpu_mmap_threshold: int | None = 1 << 20
 
     def validate(self) -> None:
         if self.modality not in ("image", "text"):
@@ -81,6 +86,8 @@ class TrainConfig:
         for name in ("lora_r", "lora_alpha", "epochs", "batch_size", "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cpu_mmap_threshold is not None and not 0 <= self.cpu_mmap_threshold <= 32 << 20:
+            raise UserError(f"cpu_mmap_threshold must be 0 (off) to {32 << 20} bytes, got {self.cpu_mmap_threshold}")
         for name in ("micro_batch_size", "grad_accum_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -126,6 +133,48 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+_M_MMAP_THRESHOLD = -3  # mallopt parameter numbers (glibc's malloc.h)
+_GLIBC_MAX_MMAP_THRESHOLD = 32 << 20  # the largest threshold glibc itself moves to (64-bit)
+
+
+def _glibc():
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def large_buffers_returned(threshold: int | None, device=None):
+    """Inside: CPU buffers of >= ``threshold`` bytes are allocated by glibc as their own memory
+    mappings, so freeing one hands its pages back to the OS at once.
+
+    Why: glibc raises its mmap threshold to the size of any mapped buffer that is freed (up to 32 MB),
+    so after the first few tensors of an update pass, activations and their gradients (1-25 MB each
+    here) come from the heap instead, and a heap that mixes short- and long-lived buffers cannot
+    shrink. Measured on PPO's update (SmolLM2-135M, answers of 512 tokens, micro-batches of one): peak
+    RSS 3,644 MiB with glibc's default, 2,494 MiB with a 1 MiB threshold, 2,334 MiB with 128 KiB,
+    for about 20-35% more time in the passes (fresh pages are zeroed by the kernel). Generation
+    is left out (each decoding step would map and unmap its KV-cache copies: 15% slower); on exit the
+    threshold goes to glibc's own maximum and free heap pages are trimmed. Not glibc (macOS, musl)
+    or not a CPU: nothing changes."""
+    libc = _glibc() if threshold and str(device or "cpu").startswith("cpu") else None
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MAX_MMAP_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 def disable_dropout(model) -> None:

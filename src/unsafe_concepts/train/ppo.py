@@ -751,6 +751,10 @@ class PPOTrainer:
         accumulated over micro-batches. Each micro-batch's loss is its share of the mini-batch's
         token-mean loss (its token sum / the mini-batch's token count over every process), so the
         step is the same as one pass over the whole mini-batch."""
+        with common.large_buffers_returned(self.config.cpu_mmap_threshold, self.device):
+            return self._update(ro, advantages, returns)
+
+    def _update(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict:
         cfg = self.config
         self.model.train()  # dropout is off (p=0); train mode lets gradient checkpointing work
         n = ro.mask.shape[0]
