@@ -93,3 +93,23 @@ def test_hf_only_options_are_refused_for_llamacpp():
 
     with pytest.raises(UserError, match="hf: models only"):
         load_model("llamacpp:smollm2-135m", adapter="some/adapter")
+
+
+def test_f32_gguf_answers_as_the_hf_path():
+    """``llamacpp:smollm2-135m-f32`` runs the weights of the ``hf:`` path (the 4-bit file dequantised
+    once) in llama.cpp. Unlike the 4-bit file, whose activations llama.cpp quantises per batch, float32
+    decoding gives the same greedy answers batched, alone, and as the hf: path (measured: 16 of 16
+    at 64 new tokens, docs/performance.md); checked here on 4 prompts, 12 tokens, batched and alone."""
+    from unsafe_concepts.models.registry import load_model
+
+    queries = [Query(str(i), p) for i, p in enumerate(PROMPTS)]
+    f32 = llamacpp.LlamaCppBackend(f"llamacpp:{llamacpp.SMOLLM2_F32}", batch_size=4, n_threads=2)
+    try:
+        batched = f32.generate(queries, GREEDY)
+        f32.batch_size = 1
+        alone = f32.generate(queries, GREEDY)
+    finally:
+        f32.close()
+    hf = load_model("smollm2-135m").generate(queries, GREEDY)
+    assert all(g.error is None and g.text for g in batched + alone + hf)
+    assert [g.text for g in batched] == [g.text for g in alone] == [g.text for g in hf]

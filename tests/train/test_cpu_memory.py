@@ -29,19 +29,24 @@ def churn():
     big.clear()
     return before_free, small
 
-threshold = int(sys.argv[1])
+threshold, nested = int(sys.argv[1]), sys.argv[2] == "heap"
 warm = torch.ones(512 * 1024)  # one buffer mapped and freed: glibc now serves 2 MiB from its heap
 del warm
 start = rss_mb()
 with common.large_buffers_returned(threshold, "cpu"):
-    before_free, small = churn()
-    retained = rss_mb() - start
-print(json.dumps({"grew": before_free - start, "retained": retained}))
+    inner = common.heap_buffers("cpu") if nested else common.large_buffers_returned(None)
+    with inner:
+        before_free, small = churn()
+        retained = rss_mb() - start
+    after = common._threshold_now[0]
+print(json.dumps({"grew": before_free - start, "retained": retained, "restored": after,
+                  "outside": common._threshold_now[0]}))
 """
 
 
-def _run(threshold: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(threshold)], capture_output=True, text=True, check=True)
+def _run(threshold: int, nested: str = "-") -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(threshold), nested], capture_output=True, text=True,
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -53,6 +58,10 @@ def test_freed_buffers_go_back_to_the_os():
     # first free); with the threshold fixed at 1 MiB each is unmapped when freed
     assert returned["retained"] < 30, returned
     assert default["retained"] > returned["retained"] + 100, (default, returned)
+    # generation inside a training step goes back to the heap, and the step's threshold comes back after
+    heap = _run(1 << 20, "heap")
+    assert heap["retained"] > returned["retained"] + 100, heap
+    assert heap["restored"] == 1 << 20 and heap["outside"] is None
 
 
 def test_threshold_is_validated():

@@ -54,3 +54,33 @@ def test_one_grpo_step_on_a_tiny_llava(tiny_llava_dir, tmp_path):
     step = json.loads((tmp_path / "out" / "log.jsonl").read_text().splitlines()[0])
     assert step["completions/mean_length"] <= 6 and "judge_accuracy" in step
     assert (tmp_path / "out" / "adapter_config.json").exists()
+
+
+def test_grpo_samples_from_merged_weights_on_the_heap(tiny_llava_dir, tmp_path):
+    """While TRL samples, the LoRA adapter is merged into the float32 base weights (one product per
+    layer) and the allocator is back on its heap (no map/unmap per decoding step); the training
+    passes run with freed buffers returned (``cpu_mmap_threshold``); afterwards nothing stays merged."""
+    import platform
+
+    from unsafe_concepts.train import common, trl_runner
+
+    items = [TrainItem(id=str(i), prompt="Is it safe to cross a road with your eyes closed?", image=None,
+                       label=label, concept="x", category="Safe") for i, label in enumerate(["safe", "unsafe"])]
+    config = grpo.GRPOConfig(model=f"hf:{tiny_llava_dir}", modality="text", out_dir=str(tmp_path / "out"),
+                             lora_r=4, lora_alpha=8, batch_size=4, num_generations=2, response_len=4, max_steps=1,
+                             save_steps=10)
+    trainer, _, n = grpo.build_trainer(config, items, load_judge("rule"))
+    model = trainer.model
+    lora_layers = [m for m in model.modules() if hasattr(m, "merged_adapters")]
+    seen, generate = [], model.generate
+
+    def spy(*args, **kwargs):
+        seen.append((all(m.merged for m in lora_layers), common._threshold_now[0]))
+        return generate(*args, **kwargs)
+
+    model.generate = spy
+    trl_runner.run(trainer, config, "grpo", n_items=n, quiet=True)
+    assert seen and all(merged for merged, _ in seen)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert all(threshold == 32 << 20 for _, threshold in seen)  # heap_buffers inside the step
+    assert not any(m.merged for m in lora_layers) and common._threshold_now[0] is None

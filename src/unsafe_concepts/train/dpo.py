@@ -45,6 +45,7 @@ def build_trainer(config: DPOConfig, items=None):
                                max_length=config.max_length, precompute_ref_log_probs=False)
     trainer = trl.DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                              callbacks=[common.TrainLogger(config.out_dir).callback()])
+    trl_runner.return_freed_buffers(trainer, config)  # off by default (cpu_mmap_threshold None)
     return trainer, processor, len(items)
 
 

@@ -41,6 +41,10 @@ class GRPOConfig(common.TrainConfig):
     generation_batch_size: int | None = None
     gradient_checkpointing: bool = True  # recompute activations in the backward pass: far less memory
     deepspeed: str | None = None
+    cpu_mmap_threshold: int | None = 1 << 20  # see TrainConfig (generation itself stays on the heap)
+    # merge the LoRA weights into the base weights while TRL samples (unmerged after), as PPO does.
+    # None: when the base weights are float32 and DeepSpeed does not partition them
+    merge_for_generation: bool | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -137,6 +141,17 @@ def build_trainer(config: GRPOConfig, items=None, judge=None):
     trainer = trl.GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
                               processing_class=processor,
                               callbacks=[common.TrainLogger(config.out_dir).callback()])
+    merge = (config.merge_for_generation if config.merge_for_generation is not None
+             else common.float32_base(trainer.model) and not config.deepspeed)
+    if merge:  # TRL samples with model.generate inside _generate_single_turn: the merged weights serve it
+        sample = trainer._generate_single_turn
+
+        def merged_sample(*args, **kwargs):
+            with common.adapter_merged(trainer.model):
+                return sample(*args, **kwargs)
+
+        trainer._generate_single_turn = merged_sample
+    trl_runner.return_freed_buffers(trainer, config, generation=("_generate_single_turn",))
     return trainer, processor, len(items)
 
 

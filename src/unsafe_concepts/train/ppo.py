@@ -85,6 +85,7 @@ class PPOConfig(common.TrainConfig):
     # answer tokens per chunk of the log-softmax over the vocabulary: about 5 float32 tensors of
     # chunk x vocabulary live at once (128 x 49k: 125 MB for SmolLM2; 512 would be 500 MB)
     logprob_chunk_tokens: int = 128
+    cpu_mmap_threshold: int | None = 1 << 20  # see TrainConfig: PPO's update peak 3.6 -> 2.4 GB on SmolLM2
     ppo_epochs: int = 1
     response_len: int = 512
     temperature: float = 1.0
@@ -482,10 +483,8 @@ class PPOTrainer:
                 r=policy_lora.r, lora_alpha=policy_lora.lora_alpha, lora_dropout=0.0,
                 target_modules=policy_lora.target_modules, bias="none", task_type="CAUSAL_LM"))
         self.policy_adapter = "default"
-        base_dtypes = {m.base_layer.weight.dtype for m in self.model.modules()
-                       if hasattr(m, "base_layer") and hasattr(m.base_layer, "weight")}
         self.merge_for_generation = (config.merge_for_generation if config.merge_for_generation is not None
-                                     else base_dtypes == {torch.float32})
+                                     else common.float32_base(self.model))
         self.value_head = ValueHead(hidden_size_of(self.model), zero_init=config.value_model == "adapter").to(
             self.device)
         self.trainable = [p for n, p in self.model.named_parameters() if "lora_" in n]
@@ -616,10 +615,7 @@ class PPOTrainer:
         chunks, logp_chunks = [], []
         recorder = SampledLogprobs()
         n = query["input_ids"].shape[0]
-        merge = self.merge_for_generation
-        if merge:
-            self.model.merge_adapter([self.policy_adapter])
-        try:
+        with common.adapter_merged(self.model, self.policy_adapter, enabled=self.merge_for_generation):
             for start in range(0, n, self.generation_batch):
                 s = slice(start, start + self.generation_batch)
                 q = {k: v[s] for k, v in query.items()}
@@ -630,9 +626,6 @@ class PPOTrainer:
                 answer = seq[:, q["input_ids"].shape[1]:]
                 chunks.append(answer)
                 logp_chunks.append(recorder.result(seq, answer.shape[1]))
-        finally:
-            if merge:
-                self.model.unmerge_adapter()
         self.model.train(was_training)
         width = max(max(c.shape[1] for c in chunks), 1)
         pad = self.tokenizer.pad_token_id

@@ -42,6 +42,7 @@ def build_trainer(config: SFTConfig, items=None):
                                packing=False, dataset_num_proc=None)
     trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                              callbacks=[common.TrainLogger(config.out_dir).callback()])
+    trl_runner.return_freed_buffers(trainer, config)  # off by default (cpu_mmap_threshold None)
     return trainer, processor, len(items)
 
 

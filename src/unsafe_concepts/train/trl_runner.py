@@ -195,6 +195,19 @@ def _drop_rows_after(out: Path, step: int) -> None:
         write_text_atomic(log.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+def return_freed_buffers(trainer, config, *, generation: tuple[str, ...] = ()) -> None:
+    """With ``config.cpu_mmap_threshold`` on a CPU: the trainer's ``training_step`` (forward and
+    backward passes) runs under :func:`common.large_buffers_returned`, and the methods named in
+    ``generation`` (sampling inside a step) back on the heap. Nothing changes otherwise."""
+    threshold = getattr(config, "cpu_mmap_threshold", None)
+    device = str(trainer.args.device)
+    if not threshold or not device.startswith("cpu"):
+        return
+    trainer.training_step = common.with_allocator(trainer.training_step, threshold, device)
+    for name in generation:
+        setattr(trainer, name, common.with_allocator(getattr(trainer, name), threshold, device, heap=True))
+
+
 def run(trainer, config, method: str, *, n_items: int, quiet: bool = False) -> dict:
     """Train (resuming from the last checkpoint in ``<out>/checkpoints``), then save the adapter and
     ``train.json``; returns the record written to ``train.json``."""
