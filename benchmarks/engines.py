@@ -12,12 +12,14 @@ Paths (same text-only alignment prompts, rendered with SmolLM2's chat template; 
   ``llamacpp:smollm2-135m-f32``, the GGUF dequantised to float32 (the weights the ``hf:`` paths run),
   for which llama.cpp has sgemm kernels that batching can use.
 
-The llama.cpp paths need ``pip install llama-cpp-python`` (compiles llama.cpp); without it they are
-skipped and said so. Paths run chunk by chunk, interleaved (alternating which goes first), so that
+The llama.cpp paths need llama-cpp-python, the ``[llamacpp]`` extra (it compiles llama.cpp: about 8
+minutes on 2 idle cores); ``--install`` installs it into this environment first, and without it the
+paths are skipped and said so. Paths run chunk by chunk, interleaved (alternating which goes first), so that
 every path sees the same background load. Prints tokens/s of each, ``hf_speedup: X`` (hf batched over
 hf one-at-a-time) and ``vs_llamacpp: X`` (the project's fastest path over the faster of llama.cpp's two
 one-at-a-time paths).
 
+    .venv/bin/python benchmarks/engines.py --install             # a fresh clone: the [llamacpp] extra first
     .venv/bin/python benchmarks/engines.py                       # 16 prompts, 64 new tokens, batch 16
     .venv/bin/python benchmarks/engines.py --n 32 --max-new-tokens 64 --threads 2
 """
@@ -57,6 +59,24 @@ class LlamaCppOneAtATime:
         return out
 
 
+def install_llamacpp() -> None:
+    """``pip install llama-cpp-python`` (the [llamacpp] extra's requirement) into this interpreter's
+    environment, compiled for this CPU; prints how long it took (the compile is most of it)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), encoding="utf-8") as f:
+        requirement = next(line.split('"')[1] for line in f if line.strip().startswith("llamacpp = ["))
+    print(f"installing {requirement} (compiles llama.cpp; about 8 minutes on 2 idle cores) ...", flush=True)
+    t0 = time.perf_counter()
+    env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", "-DGGML_NATIVE=ON")}
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", requirement], check=True, env=env)
+    print(f"installed in {time.perf_counter() - t0:.0f} s", flush=True)
+    import importlib
+
+    importlib.invalidate_caches()
+
+
 def main(argv=None) -> None:
     import torch
 
@@ -70,7 +90,11 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="threads of every engine (torch and llama.cpp)")
     ap.add_argument("--skip", default="",
                     help="comma-separated paths to skip: hf1,hf,cpp1,cpp,cpp1f32,cppf32")
+    ap.add_argument("--install", action="store_true",
+                    help="pip install the [llamacpp] extra (llama-cpp-python, compiled here) when it is missing")
     args = ap.parse_args(argv)
+    if args.install and not llamacpp.available():
+        install_llamacpp()
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
 
