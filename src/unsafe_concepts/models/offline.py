@@ -63,7 +63,6 @@ def smollm2_f32_gguf() -> Path:
     form llama.cpp reads; ``llamacpp:smollm2-135m-f32`` loads it. In llama.cpp, float32 weights take
     its sgemm kernels when many sequences are decoded together (4-bit Q4_1 has none on AVX2)."""
     import gguf
-    import numpy as np
 
     source = paths.smollm2_gguf()
     out = paths.home() / "models" / f"{SMOLLM2}-f32.gguf"
@@ -71,8 +70,20 @@ def smollm2_f32_gguf() -> Path:
     expected = f"converted from {source.name} ({source.stat().st_size} bytes)\n"
     if out.exists() and stamp.exists() and stamp.read_text() == expected:
         return out
-    reader = gguf.GGUFReader(source)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        _write_f32_gguf(gguf.GGUFReader(source), tmp)
+        os.replace(tmp, out)  # a half-written file is never taken for a finished one
+    finally:
+        tmp.unlink(missing_ok=True)  # an error or Ctrl-C: no 540 MB leftover
+    stamp.write_text(expected)
+    return out
+
+
+def _write_f32_gguf(reader, tmp: Path) -> None:
+    import gguf
+    import numpy as np
+
     writer = gguf.GGUFWriter(tmp, arch=reader.get_field(gguf.Keys.General.ARCHITECTURE).contents())
     for field in reader.fields.values():  # every key/value as it is (as gguf's own gguf_new_metadata copies)
         if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
@@ -90,9 +101,6 @@ def smollm2_f32_gguf() -> Path:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    os.replace(tmp, out)  # a half-written file is never taken for a finished one
-    stamp.write_text(expected)
-    return out
 
 
 def _tmp_dir(out: Path) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -140,6 +141,7 @@ _M_MMAP_THRESHOLD = -3  # mallopt parameter numbers (glibc's malloc.h)
 _GLIBC_MAX_MMAP_THRESHOLD = 32 << 20  # the largest threshold glibc itself moves to (64-bit)
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
     import ctypes
     import platform
@@ -191,16 +193,21 @@ def heap_buffers(device=None):
     return large_buffers_returned(_GLIBC_MAX_MMAP_THRESHOLD if _threshold_now[0] else None, device)
 
 
-def with_allocator(method, threshold: int | None, device=None, *, heap: bool = False):
-    """``method`` wrapped in :func:`large_buffers_returned` (or :func:`heap_buffers` with ``heap``)."""
-    import functools
+def run_inside(method, context):
+    """``method`` wrapped so that every call runs inside a fresh ``context()``."""
 
     @functools.wraps(method)
     def wrapped(*args, **kwargs):
-        with (heap_buffers(device) if heap else large_buffers_returned(threshold, device)):
+        with context():
             return method(*args, **kwargs)
 
     return wrapped
+
+
+def with_allocator(method, threshold: int | None, device=None, *, heap: bool = False):
+    """``method`` wrapped in :func:`large_buffers_returned` (or :func:`heap_buffers` with ``heap``)."""
+    return run_inside(method, (lambda: heap_buffers(device)) if heap
+                      else (lambda: large_buffers_returned(threshold, device)))
 
 
 def float32_base(model) -> bool:

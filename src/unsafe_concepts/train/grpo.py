@@ -144,13 +144,8 @@ def build_trainer(config: GRPOConfig, items=None, judge=None):
     merge = (config.merge_for_generation if config.merge_for_generation is not None
              else common.float32_base(trainer.model) and not config.deepspeed)
     if merge:  # TRL samples with model.generate inside _generate_single_turn: the merged weights serve it
-        sample = trainer._generate_single_turn
-
-        def merged_sample(*args, **kwargs):
-            with common.adapter_merged(trainer.model):
-                return sample(*args, **kwargs)
-
-        trainer._generate_single_turn = merged_sample
+        trainer._generate_single_turn = common.run_inside(trainer._generate_single_turn,
+                                                          lambda: common.adapter_merged(trainer.model))
     trl_runner.return_freed_buffers(trainer, config, generation=("_generate_single_turn",))
     return trainer, processor, len(items)
 

@@ -199,7 +199,7 @@ def return_freed_buffers(trainer, config, *, generation: tuple[str, ...] = ()) -
     """With ``config.cpu_mmap_threshold`` on a CPU: the trainer's ``training_step`` (forward and
     backward passes) runs under :func:`common.large_buffers_returned`, and the methods named in
     ``generation`` (sampling inside a step) back on the heap. Nothing changes otherwise."""
-    threshold = getattr(config, "cpu_mmap_threshold", None)
+    threshold = config.cpu_mmap_threshold
     device = str(trainer.args.device)
     if not threshold or not device.startswith("cpu"):
         return
