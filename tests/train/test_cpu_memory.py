@@ -70,3 +70,39 @@ def test_threshold_is_validated():
     with pytest.raises(UserError, match="cpu_mmap_threshold"):
         common.TrainConfig(cpu_mmap_threshold=64 << 20).validate()
     common.TrainConfig(cpu_mmap_threshold=0).validate()  # 0: off
+
+
+def test_flat_gradients_accumulate_as_autograd_does():
+    """Gradients in one flat buffer: the same values as autograd's own, accumulated in place across
+    backward passes, zeroed in place, and gone after release; nothing on a GPU."""
+    import torch
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(6, 4), torch.nn.Linear(4, 3)]
+    twin = [torch.nn.Linear(6, 4), torch.nn.Linear(4, 3)]
+    for a, b in zip(layers, twin):
+        b.load_state_dict(a.state_dict())
+    params = [p for layer in layers for p in layer.parameters()]
+    frozen = torch.nn.Parameter(torch.ones(2), requires_grad=False)
+    flat = common.flat_gradients(params + [frozen], "cpu")
+    assert len(flat) == 1 and flat[0].numel() == sum(p.numel() for p in params)
+    assert frozen.grad is None
+    start, end = flat[0].data_ptr(), flat[0].data_ptr() + flat[0].numel() * flat[0].element_size()
+    assert all(start <= p.grad.data_ptr() < end for p in params)
+
+    def loss(net, x):
+        return net[1](torch.tanh(net[0](x))).pow(2).sum()
+
+    x1, x2 = torch.randn(5, 6), torch.randn(7, 6)
+    for x in (x1, x2):  # two micro-batches accumulate
+        loss(layers, x).backward()
+        loss(twin, x).backward()
+    for p, q in zip(params, [p for layer in twin for p in layer.parameters()]):
+        assert torch.equal(p.grad, q.grad)
+        assert start <= p.grad.data_ptr() < end  # still the buffer, not a fresh tensor
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    common.zero_gradients(optimizer, flat)
+    assert float(flat[0].abs().sum()) == 0.0 and all(p.grad is not None for p in params)
+    common.release_gradients(params)
+    assert all(p.grad is None for p in params)
+    assert common.flat_gradients(params, "cuda:0") == []

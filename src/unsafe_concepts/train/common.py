@@ -193,6 +193,50 @@ def heap_buffers(device=None):
     return large_buffers_returned(_GLIBC_MAX_MMAP_THRESHOLD if _threshold_now[0] else None, device)
 
 
+def flat_gradients(params, device=None) -> list:
+    """Give every parameter's ``.grad`` a slice of one zeroed buffer per dtype, to accumulate into
+    and to be zeroed in place between optimiser steps (:func:`zero_gradients`). Returns the
+    buffers; on a GPU (its caching allocator has no such problem), gives nothing. Drop them with
+    :func:`release_gradients` when the gradients are no longer needed.
+
+    Why: LoRA's gradients are thousands of sub-MiB tensors. Allocated anew in every backward pass,
+    they land in glibc's heap between the pass's short-lived activations, and the heap cannot hand
+    the holes back while they live: measured on PPO's update (SmolLM2-135M, LoRA r=128), 600 MiB of
+    free-but-resident heap at the peak. One buffer is a single mapping outside the heap."""
+    import torch
+
+    if not str(device or "cpu").startswith("cpu"):
+        return []
+    groups: dict = {}
+    for p in params:
+        if p.requires_grad:
+            groups.setdefault(p.dtype, []).append(p)
+    buffers = []
+    for dtype, group in groups.items():
+        flat = torch.zeros(sum(p.numel() for p in group), dtype=dtype, device=group[0].device)
+        offset = 0
+        for p in group:
+            p.grad = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+        buffers.append(flat)
+    return buffers
+
+
+def release_gradients(params) -> None:
+    """Every ``.grad`` set to None (the flat buffers are freed with the last reference to them)."""
+    for p in params:
+        p.grad = None
+
+
+def zero_gradients(optimizer, flat: list) -> None:
+    """``optimizer.zero_grad``: in place into the flat buffers when there are any, else freed."""
+    if flat:
+        for buffer in flat:
+            buffer.zero_()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+
+
 def run_inside(method, context):
     """``method`` wrapped so that every call runs inside a fresh ``context()``."""
 
