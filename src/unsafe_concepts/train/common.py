@@ -203,7 +203,9 @@ def flat_gradients(params, device=None) -> list:
     they land in glibc's heap between the pass's short-lived activations, and the heap cannot hand
     the holes back while they live. One buffer is a single mapping outside the heap. Measured on
     PPO's update (SmolLM2-135M, LoRA r=128, 241-token answers): peak 2,684-2,706 MiB instead of
-    2,933-2,969 MiB."""
+    2,933-2,969 MiB. One difference from freed gradients: a parameter that no loss reaches has a
+    zero gradient instead of none, so AdamW steps it anyway (momentum, weight decay). PPO has none
+    such: its LoRA covers only layers that every pass uses."""
     import torch
 
     if not str(device or "cpu").startswith("cpu"):
