@@ -103,6 +103,6 @@ def test_flat_gradients_accumulate_as_autograd_does():
     optimizer = torch.optim.SGD(params, lr=0.1)
     common.zero_gradients(optimizer, flat)
     assert float(flat[0].abs().sum()) == 0.0 and all(p.grad is not None for p in params)
-    common.release_gradients(params)
+    optimizer.zero_grad(set_to_none=True)
     assert all(p.grad is None for p in params)
     assert common.flat_gradients(params, "cuda:0") == []

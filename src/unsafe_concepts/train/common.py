@@ -197,7 +197,7 @@ def flat_gradients(params, device=None) -> list:
     """Give every parameter's ``.grad`` a slice of one zeroed buffer per dtype, to accumulate into
     and to be zeroed in place between optimiser steps (:func:`zero_gradients`). Returns the
     buffers; on a GPU (its caching allocator has no such problem), gives nothing. Drop them with
-    :func:`release_gradients` when the gradients are no longer needed.
+    ``optimizer.zero_grad(set_to_none=True)`` when the gradients are no longer needed.
 
     Why: LoRA's gradients are thousands of sub-MiB tensors. Allocated anew in every backward pass,
     they land in glibc's heap between the pass's short-lived activations, and the heap cannot hand
@@ -223,12 +223,6 @@ def flat_gradients(params, device=None) -> list:
             offset += p.numel()
         buffers.append(flat)
     return buffers
-
-
-def release_gradients(params) -> None:
-    """Every ``.grad`` set to None (the flat buffers are freed with the last reference to them)."""
-    for p in params:
-        p.grad = None
 
 
 def zero_gradients(optimizer, flat: list) -> None:

@@ -765,14 +765,13 @@ class PPOTrainer:
         token-mean loss (its token sum / the mini-batch's token count over every process), so the
         step is the same as one pass over the whole mini-batch."""
         with common.large_buffers_returned(self.config.cpu_mmap_threshold, self.device):
-            self.flat_grads = common.flat_gradients(self.params, self.device)  # CPU: gradients in one buffer
+            flat = common.flat_gradients(self.params, self.device)  # CPU: gradients in one buffer
             try:
-                return self._update(ro, advantages, returns)
+                return self._update(ro, advantages, returns, flat)
             finally:  # no gradients held through the next rollout
-                common.release_gradients(self.params)
-                self.flat_grads = []
+                self.optimizer.zero_grad(set_to_none=True)
 
-    def _update(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict:
+    def _update(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor, flat: list) -> dict:
         cfg = self.config
         self.model.train()  # dropout is off (p=0); train mode lets gradient checkpointing work
         n = ro.mask.shape[0]
@@ -784,7 +783,7 @@ class PPOTrainer:
             for start in range(0, n, local_mini):
                 idx = order[start:start + local_mini]
                 n_tokens = self.dist.sum(ro.mask[idx].sum().float()).clamp(min=1)
-                common.zero_gradients(self.optimizer, self.flat_grads)
+                common.zero_gradients(self.optimizer, flat)
                 step_stats: dict[str, float] = {}
                 for j, q, r, m in self.micro_batches(ro.query, ro.responses, ro.mask, idx):
                     width = r.shape[1]
@@ -814,7 +813,7 @@ class PPOTrainer:
                 self.dist.sum_gradients(self.params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
-                common.zero_gradients(self.optimizer, self.flat_grads)
+                common.zero_gradients(self.optimizer, flat)
                 self.scheduler.step()
                 summed = self.dist.sum(torch.tensor(list(step_stats.values()), dtype=torch.float64))
                 for key, val in zip(step_stats, summed.tolist()):
