@@ -172,7 +172,7 @@ def test_rollout_reads_old_logprobs_from_sampling(tiny_llava_dir, tmp_path):
             assert torch.allclose(ro.logp[j, :r.shape[1]], recomputed, atol=1e-4)
 
 
-def _one_step(tiny_llava_dir, tmp_path, **overrides):
+def _one_step(tiny_llava_dir, tmp_path, values_in_update=None, **overrides):
     """(logged metrics, gradients at the optimiser step) of PPO's first step on the tiny LLaVA."""
     from PIL import Image
 
@@ -192,6 +192,10 @@ def _one_step(tiny_llava_dir, tmp_path, **overrides):
                 "missing_eos_penalty": -1.0, "whiten_advantages": False, **overrides}
     cfg = ppo.PPOConfig(model=f"hf:{tiny_llava_dir}", modality="image", out_dir=str(tmp_path / "run"), **settings)
     trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
+    if values_in_update is not None:
+        trainer.values_in_update = values_in_update
+        with torch.no_grad():  # a value head that is not zero yet, so the old values matter
+            trainer.value_head.summary.weight.copy_(torch.linspace(-0.2, 0.2, trainer.value_head.summary.weight.numel()))
     grads = {}
     step = trainer.optimizer.step
 
@@ -221,3 +225,21 @@ def test_micro_batching_gives_the_same_step(tiny_llava_dir, tmp_path, value_mode
         assert micro[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-5), key
     for name in g_whole:
         assert torch.allclose(g_micro[name], g_whole[name], rtol=1e-3, atol=1e-6), name
+
+
+@pytest.mark.parametrize("values_in_update", [True, False])
+def test_merged_update_and_values_from_the_update_give_the_same_step(tiny_llava_dir, tmp_path, values_in_update):
+    """PPO's defaults on a CPU: LoRA trained through merged weights (``merge_for_update``) and, with
+    one epoch of one mini-batch, the old values read from the update's own value pass instead of a
+    rollout pass. Against PEFT's unmerged layers and a separate value pass: the same step."""
+    plain, g_plain = _one_step(tiny_llava_dir, tmp_path / "a", values_in_update=False, merge_for_update=False,
+                               micro_batch_size=2)
+    fast, g_fast = _one_step(tiny_llava_dir, tmp_path / "b", values_in_update=values_in_update,
+                             merge_for_update=True, micro_batch_size=2)
+    assert plain["response_len"] == fast["response_len"]
+    assert len(g_plain) > 0 and g_plain.keys() == g_fast.keys() and any(".value." in k for k in g_plain)
+    assert plain["vf_loss"] > 0
+    for key in ("loss", "pg_loss", "vf_loss", "entropy"):
+        assert fast[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-5), key
+    for name in g_plain:
+        assert torch.allclose(g_fast[name], g_plain[name], rtol=1e-3, atol=1e-6), name

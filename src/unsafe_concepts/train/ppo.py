@@ -11,11 +11,14 @@ One step:
 3. **Reference** - log-probabilities of the same tokens under the frozen base model, computed by
    the same weights with the adapter switched off (``model.disable_adapter()``): no model copy.
 4. **Rewards and advantages** - per-token reward ``-kl_coef * (log pi - log pi_ref)``, terminal
-   score on the last answer token; GAE(gamma, lam) over the answer with a value head (a linear
-   layer on the policy's last hidden state); advantages whitened.
+   score on the last answer token; GAE(gamma, lam) over the answer with a value model (the base
+   with its own LoRA adapter and a linear head; or a head on the policy's hidden states);
+   advantages whitened. With one epoch of one mini-batch (the protocol's) the old values come
+   from the update's own value pass, which sees the rollout's weights: no separate value pass.
 5. **Update** - ``ppo_epochs`` passes over the rollout in mini-batches: clipped policy loss,
    clipped value loss (``vf_coef``), entropy bonus (``entropy_coef``), gradient clipping,
-   AdamW, linear warm-up then cosine decay.
+   AdamW, linear warm-up then cosine decay. Each adapter trains through merged weights
+   (``train/merged_lora.py``) where the base weights are float32.
 
 Checkpoints (adapter, value head, optimiser, scheduler, RNG states, step) are written every
 ``save_steps`` steps; the same command resumes a run killed mid-way. The final adapter is saved as
@@ -42,6 +45,7 @@ import torch.nn.functional as F
 from unsafe_concepts.errors import UserError
 from unsafe_concepts.train import common
 from unsafe_concepts.train.data import TrainItem
+from unsafe_concepts.train.merged_lora import merged_lora_training
 
 REWARDS = ("neg_ce_minmax", "prob_correct", "verdict_match")
 KL_ESTIMATORS = ("k1_clamped", "k1")
@@ -82,6 +86,9 @@ class PPOConfig(common.TrainConfig):
     # CPU sampling 1.9x faster at r=128. None: only when the base weights are float32, where the
     # round trip leaves them within a rounding error (in bf16 it would drift step after step)
     merge_for_generation: bool | None = None
+    # train each LoRA adapter through merged weights in the update pass (train/merged_lora.py): the
+    # same gradients, one matrix product per layer instead of three. None: float32 base weights only
+    merge_for_update: bool | None = None
     # answer tokens per chunk of the log-softmax over the vocabulary: about 5 float32 tensors of
     # chunk x vocabulary live at once (128 x 49k: 125 MB for SmolLM2; 512 would be 500 MB)
     logprob_chunk_tokens: int = 128
@@ -431,7 +438,7 @@ class Rollout:
     mask: torch.Tensor  # (B, L) answer tokens
     logp: torch.Tensor
     ref_logp: torch.Tensor
-    values: torch.Tensor
+    values: torch.Tensor | None  # None: the update's value pass computes them
     texts: list[str]
 
 
@@ -485,6 +492,12 @@ class PPOTrainer:
         self.policy_adapter = "default"
         self.merge_for_generation = (config.merge_for_generation if config.merge_for_generation is not None
                                      else common.float32_base(self.model))
+        self.merge_for_update = (config.merge_for_update if config.merge_for_update is not None
+                                 else common.float32_base(self.model))
+        # one epoch of one mini-batch: the update's value pass sees the weights of the rollout, so its
+        # values are the old values and the rollout needs no value pass of its own
+        self.values_in_update = (config.value_model == "adapter" and config.ppo_epochs == 1
+                                 and config.mini_batch_size >= config.rollout_batch_size)
         self.value_head = ValueHead(hidden_size_of(self.model), zero_init=config.value_model == "adapter").to(
             self.device)
         self.trainable = [p for n, p in self.model.named_parameters() if "lora_" in n]
@@ -655,9 +668,11 @@ class PPOTrainer:
         # model shares the policy's pass anyway
         reuse = self.config.value_model != "shared"
         logp = sampled_logp * mask if reuse else torch.zeros(responses.shape, device=self.device)
-        ref, values = (torch.zeros(responses.shape, device=self.device) for _ in range(2))
+        ref = torch.zeros(responses.shape, device=self.device)
+        # the old values: from the update's own value pass when that pass sees unchanged weights
+        values = None if self.values_in_update else torch.zeros(responses.shape, device=self.device)
         micro = list(self.micro_batches(query, responses, mask, torch.arange(len(batch))))
-        if reuse:  # the value adapter merged into the base: one matrix product per layer, not three
+        if reuse and values is not None:  # the value adapter merged: one matrix product per layer, not three
             self._use_adapter(VALUE_ADAPTER)
             try:
                 with common.adapter_merged(self.model, VALUE_ADAPTER, enabled=self.merge_for_generation):
@@ -726,12 +741,9 @@ class PPOTrainer:
             rewards = self._masked_whiten(rewards, ro.mask, shift_mean=False)
         else:
             rewards = rewards * cfg.reward_scale
-        advantages, returns = gae(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = self._masked_whiten(advantages, ro.mask)
 
         t1 = time.perf_counter()
-        stats = self.update(ro, advantages, returns)
+        stats = self.update(ro, rewards)
         t_update = time.perf_counter() - t1
         n = len(batch)
         lengths = ro.mask.sum(1).float()
@@ -759,7 +771,15 @@ class PPOTrainer:
                              "verdict": verdicts[0].label}
         return metrics
 
-    def update(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict:
+    def advantages(self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor):
+        """(advantages, returns): GAE, advantages whitened over the whole rollout (every process)."""
+        cfg = self.config
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = self._masked_whiten(advantages, mask)
+        return advantages, returns
+
+    def update(self, ro: Rollout, rewards: torch.Tensor) -> dict:
         """``ppo_epochs`` passes over the rollout; one optimiser step per mini-batch, its gradient
         accumulated over micro-batches. Each micro-batch's loss is its share of the mini-batch's
         token-mean loss (its token sum / the mini-batch's token count over every process), so the
@@ -767,15 +787,18 @@ class PPOTrainer:
         with common.large_buffers_returned(self.config.cpu_mmap_threshold, self.device):
             flat = common.flat_gradients(self.params, self.device)  # CPU: gradients in one buffer
             try:
-                return self._update(ro, advantages, returns, flat)
+                return self._update(ro, rewards, flat)
             finally:  # no gradients held through the next rollout
                 self.optimizer.zero_grad(set_to_none=True)
 
-    def _update(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor, flat: list) -> dict:
+    def _update(self, ro: Rollout, rewards: torch.Tensor, flat: list) -> dict:
         cfg = self.config
         self.model.train()  # dropout is off (p=0); train mode lets gradient checkpointing work
         n = ro.mask.shape[0]
         local_mini = cfg.mini_batch_size // self.dist.world
+        advantages = returns = None
+        if ro.values is not None:
+            advantages, returns = self.advantages(rewards, ro.values, ro.mask)
         totals: dict[str, float] = {}
         n_updates = 0
         for _ in range(cfg.ppo_epochs):
@@ -784,45 +807,95 @@ class PPOTrainer:
                 idx = order[start:start + local_mini]
                 n_tokens = self.dist.sum(ro.mask[idx].sum().float()).clamp(min=1)
                 common.zero_gradients(self.optimizer, flat)
-                step_stats: dict[str, float] = {}
-                for j, q, r, m in self.micro_batches(ro.query, ro.responses, ro.mask, idx):
-                    width = r.shape[1]
-                    share = m.sum().float() / n_tokens
-                    if cfg.value_model == "shared":  # one pass gives both; one backward
-                        self._use_adapter(self.policy_adapter)
-                        hidden = self._hidden(q, r, m)
-                        logp, entropy = self._logprobs(hidden, r, m, True)
-                        values = self.value_head(hidden) * m.to(hidden.dtype)
-                    else:
-                        logp, _, entropy = self._forward(q, r, m, with_values=False, with_entropy=True)
-                    pg, pg_stats = policy_loss(logp, ro.logp[j, :width], advantages[j, :width], m, cfg.cliprange)
-                    ent = masked_mean(entropy, m)
-                    if cfg.value_model != "shared":  # free the policy pass before the value pass
-                        ((pg - cfg.entropy_coef * ent) * share).backward()
-                        values = self.values(q, r, m)
-                    vf, vf_stats = value_loss(values, ro.values[j, :width], returns[j, :width], m,
-                                              cfg.cliprange_value)
-                    if cfg.value_model == "shared":
-                        ((pg + cfg.vf_coef * vf - cfg.entropy_coef * ent) * share).backward()
-                    else:
-                        (cfg.vf_coef * vf * share).backward()
-                    loss = pg + cfg.vf_coef * vf - cfg.entropy_coef * ent
-                    for key, val in {"loss": loss.item(), "pg_loss": pg.item(), "vf_loss": vf.item(),
-                                     "entropy": ent.item(), **pg_stats, **vf_stats}.items():
-                        step_stats[key] = step_stats.get(key, 0.0) + float(val) * float(share)
+                stats: dict[str, float] = {}
+                if cfg.value_model == "shared":
+                    self._shared_pass(ro, idx, n_tokens, advantages, returns, stats)
+                else:  # the value adapter's pass, then the policy's: each with its adapter merged
+                    if advantages is None:  # one epoch, one mini-batch: the old values are this pass's
+                        ro.values = torch.zeros_like(rewards)
+                        returns = torch.zeros_like(rewards)
+                        raw = torch.zeros_like(rewards)
+                    self._value_pass(ro, idx, n_tokens, returns, stats, rewards, raw if advantages is None else None)
+                    if advantages is None:
+                        advantages = raw
+                        if cfg.whiten_advantages:
+                            advantages = self._masked_whiten(raw, ro.mask)
+                    self._policy_pass(ro, idx, n_tokens, advantages, stats)
                 self.dist.sum_gradients(self.params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
                 common.zero_gradients(self.optimizer, flat)
                 self.scheduler.step()
-                summed = self.dist.sum(torch.tensor(list(step_stats.values()), dtype=torch.float64))
-                for key, val in zip(step_stats, summed.tolist()):
+                summed = dict(zip(stats, self.dist.sum(torch.tensor(list(stats.values()), dtype=torch.float64)).tolist()))
+                summed["loss"] = summed["pg_loss"] + cfg.vf_coef * summed["vf_loss"] - cfg.entropy_coef * summed["entropy"]
+                for key, val in summed.items():
                     totals[key] = totals.get(key, 0.0) + val
                 totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(grad_norm)
                 n_updates += 1
         self.model.eval()
         # already global (summed over processes): identical on every process
         return {k: v / n_updates for k, v in totals.items()}
+
+    @staticmethod
+    def _add_stats(stats: dict, share: torch.Tensor, **values) -> None:
+        for key, val in values.items():
+            stats[key] = stats.get(key, 0.0) + float(val) * float(share)
+
+    def _value_pass(self, ro: Rollout, idx, n_tokens, returns, stats: dict, rewards, raw_advantages) -> None:
+        """Value loss over the mini-batch ``idx``, backward per micro-batch. With ``raw_advantages``
+        (the values were not computed at the rollout), this pass's values are the old ones: GAE is
+        computed here, row by row, and written to ``ro.values``, ``returns`` and ``raw_advantages``."""
+        cfg = self.config
+        self._use_adapter(VALUE_ADAPTER)
+        try:
+            with merged_lora_training(self.model, VALUE_ADAPTER, enabled=self.merge_for_update):
+                for j, q, r, m in self.micro_batches(ro.query, ro.responses, ro.mask, idx):
+                    width = r.shape[1]
+                    hidden = self._hidden(q, r, m)
+                    values = self.value_head(hidden) * m.to(hidden.dtype)
+                    if raw_advantages is not None:
+                        old = values.detach()
+                        a, ret = gae(rewards[j, :width], old, m, cfg.gamma, cfg.lam)
+                        ro.values[j, :width], returns[j, :width], raw_advantages[j, :width] = old, ret, a
+                    vf, vf_stats = value_loss(values, ro.values[j, :width], returns[j, :width], m,
+                                              cfg.cliprange_value)
+                    share = m.sum().float() / n_tokens
+                    (cfg.vf_coef * vf * share).backward()
+                    self._add_stats(stats, share, vf_loss=vf.item(), **vf_stats)
+        finally:
+            self._use_adapter(self.policy_adapter)
+
+    def _policy_pass(self, ro: Rollout, idx, n_tokens, advantages, stats: dict) -> None:
+        """Clipped policy loss and entropy bonus over the mini-batch ``idx``, backward per micro-batch."""
+        cfg = self.config
+        self._use_adapter(self.policy_adapter)
+        with merged_lora_training(self.model, self.policy_adapter, enabled=self.merge_for_update):
+            for j, q, r, m in self.micro_batches(ro.query, ro.responses, ro.mask, idx):
+                width = r.shape[1]
+                logp, entropy = self._logprobs(self._hidden(q, r, m), r, m, True)
+                pg, pg_stats = policy_loss(logp, ro.logp[j, :width], advantages[j, :width], m, cfg.cliprange)
+                ent = masked_mean(entropy, m)
+                share = m.sum().float() / n_tokens
+                ((pg - cfg.entropy_coef * ent) * share).backward()
+                self._add_stats(stats, share, pg_loss=pg.item(), entropy=ent.item(), **pg_stats)
+
+    def _shared_pass(self, ro: Rollout, idx, n_tokens, advantages, returns, stats: dict) -> None:
+        """``value_model="shared"``: one pass gives log-probs and values, one backward for both losses."""
+        cfg = self.config
+        self._use_adapter(self.policy_adapter)
+        with merged_lora_training(self.model, self.policy_adapter, enabled=self.merge_for_update):
+            for j, q, r, m in self.micro_batches(ro.query, ro.responses, ro.mask, idx):
+                width = r.shape[1]
+                hidden = self._hidden(q, r, m)
+                logp, entropy = self._logprobs(hidden, r, m, True)
+                values = self.value_head(hidden) * m.to(hidden.dtype)
+                pg, pg_stats = policy_loss(logp, ro.logp[j, :width], advantages[j, :width], m, cfg.cliprange)
+                vf, vf_stats = value_loss(values, ro.values[j, :width], returns[j, :width], m, cfg.cliprange_value)
+                ent = masked_mean(entropy, m)
+                share = m.sum().float() / n_tokens
+                ((pg + cfg.vf_coef * vf - cfg.entropy_coef * ent) * share).backward()
+                self._add_stats(stats, share, pg_loss=pg.item(), vf_loss=vf.item(), entropy=ent.item(),
+                                **pg_stats, **vf_stats)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict:
