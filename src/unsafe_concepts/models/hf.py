@@ -6,6 +6,7 @@ faster than asking one query at a time as the reference code does.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -283,6 +284,14 @@ class HFBackend(ModelBackend):
         self.max_positions = _max_positions(self.model.config)
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self._placeholders = self._multimodal_placeholders()
+        import torch
+
+        from unsafe_concepts.models import cpu_decode
+
+        # float32 on a CPU: batched decoding through oneDNN prepacked weights and a KV cache filled in
+        # place (models/cpu_decode.py; the same tokens in tests, 1.3-1.7x faster per step at 8-32 rows)
+        self.cpu_decoding = (str(self.model.device).startswith("cpu") and self.model.dtype == torch.float32
+                             and cpu_decode.onednn_usable() and not self.device_map)
 
     # ---- public
 
@@ -302,6 +311,7 @@ class HFBackend(ModelBackend):
             "device": str(self.model.device),
             "revision": getattr(cfg, "_commit_hash", None),
             "batch_size": self.batch_size,
+            "cpu_decoding": self.cpu_decoding,
             "untrained_vision": False,
             "trust_remote_code": self.trust_remote_code,
             "prompt_format": inputs.prompt_format(self.processor),
@@ -375,9 +385,9 @@ class HFBackend(ModelBackend):
         if kept:
             seed = _batch_seed(config.seed, [queries[p].id for p, _, _ in kept])
             torch.manual_seed(seed)
-            with torch.inference_mode():
+            with torch.inference_mode(), self._decoding(len(kept)) as extra:
                 output = self.model.generate(**inputs, generation_config=self._gen_config(config),
-                                             **self._progress_kwargs(len(kept)))
+                                             **extra, **self._progress_kwargs(len(kept)))
             new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
             per_item = (time.perf_counter() - t0) / len(items)
             for (pos, _, _), ids in zip(kept, new_tokens):
@@ -388,6 +398,20 @@ class HFBackend(ModelBackend):
         for pos in results:
             results[pos].latency_s = per_item
         return [results[pos] for pos, _, _ in items]
+
+    @contextlib.contextmanager
+    def _decoding(self, rows: int):
+        """generate() keyword arguments for a batch of ``rows``: with ``cpu_decoding``, a KV cache
+        filled in place, and (2 rows or more: one row is faster unpacked) prepacked linear layers."""
+        if not self.cpu_decoding:
+            yield {}
+            return
+        from unsafe_concepts.models import cpu_decode
+
+        with contextlib.ExitStack() as stack:
+            if rows >= 2:  # packing costs ~0.3 s and a copy of the weights: only where it pays
+                stack.enter_context(cpu_decode.packed_linears(self.model))
+            yield {"cache": cpu_decode.PreallocatedCache(self.model.config)}
 
     def _progress_kwargs(self, batch: int) -> dict:
         """A stopping criterion that never stops: it only reports each answer as it reaches its end, so a
