@@ -32,6 +32,13 @@ def test_config_from_file_json_yaml_and_unknown_keys(tmp_path):
         common.config_from_file(wrong, common.TrainConfig)
     with pytest.raises(UserError, match="modality"):
         common.config_from_dict({"modality": "audio"}, common.TrainConfig)
+    from unsafe_concepts.train.ppo import PPOConfig
+
+    assert common.config_from_dict({"merge_for_update": "off", "gradient_checkpointing": "yes"},
+                                   PPOConfig).merge_for_update is False
+    for value in ("maybe", 5, [1]):  # a switch is on or off: anything else is named, not read as off
+        with pytest.raises(UserError, match="merge_for_update must be bool"):
+            common.config_from_dict({"merge_for_update": value}, PPOConfig)
     with pytest.raises(UserError, match="not found"):
         common.config_from_file(tmp_path / "missing.json", common.TrainConfig)
 

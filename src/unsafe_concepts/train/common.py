@@ -169,13 +169,15 @@ def large_buffers_returned(threshold: int | None, device=None):
     RSS 3,644 MiB with glibc's default, 2,494 MiB with a 1 MiB threshold, 2,334 MiB with 128 KiB;
     fresh pages cost the kernel some zeroing. Generation is kept out (:func:`heap_buffers`): each
     decoding step would map and unmap its KV-cache copies, 15% slower. Nested uses restore the outer
-    threshold; the outermost exit sets glibc's largest (what its own rule ends at) and trims the
-    heap. Not glibc (macOS, musl), not a CPU, or a threshold of 0/None: nothing changes."""
+    threshold; the outermost entry and exit trim the heap (on exit glibc's largest threshold is set,
+    what its own rule ends at). Not glibc (macOS, musl), not a CPU, or a threshold of 0/None: nothing changes."""
     libc = _glibc() if threshold and str(device or "cpu").startswith("cpu") else None
     if libc is None:
         yield
         return
     previous = _threshold_now[0]
+    if previous is None:  # pages freed before (sampling's KV cache) must not stay resident in here
+        libc.malloc_trim(0)
     libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))
     _threshold_now[0] = int(threshold)
     try:
@@ -293,8 +295,13 @@ def _coerce(value: Any, annotation: str, key: str, source: str) -> Any:
     try:
         if ann.startswith("bool"):
             if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes", "on")
-            return bool(value)
+                word = value.strip().lower()
+                if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise ValueError
+                return word in ("1", "true", "yes", "on")
+            if isinstance(value, bool) or value in (0, 1):
+                return bool(value)
+            raise ValueError
         if ann.startswith("int"):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
