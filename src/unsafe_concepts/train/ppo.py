@@ -841,15 +841,12 @@ class PPOTrainer:
                 if cfg.value_model == "shared":
                     self._shared_pass(ro, idx, n_tokens, advantages, returns, stats)
                 else:  # the value adapter's pass, then the policy's: each with its adapter merged
+                    raw = None
                     if advantages is None:  # one epoch, one mini-batch: the old values are this pass's
-                        ro.values = torch.zeros_like(rewards)
-                        returns = torch.zeros_like(rewards)
-                        raw = torch.zeros_like(rewards)
-                    self._value_pass(ro, idx, n_tokens, returns, stats, rewards, raw if advantages is None else None)
-                    if advantages is None:
-                        advantages = raw
-                        if cfg.whiten_advantages:
-                            advantages = self._masked_whiten(raw, ro.mask)
+                        ro.values, returns, raw = (torch.zeros_like(rewards) for _ in range(3))
+                    self._value_pass(ro, idx, n_tokens, returns, stats, rewards, raw)
+                    if raw is not None:  # every answer's values are known now: whiten over the rollout
+                        advantages = self._masked_whiten(raw, ro.mask) if cfg.whiten_advantages else raw
                     self._policy_pass(ro, idx, n_tokens, advantages, stats)
                 self.dist.sum_gradients(self.params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
