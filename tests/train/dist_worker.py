@@ -83,7 +83,10 @@ def run_ppo(model: str, modality: str, out: Path, data, steps: int, rank: int) -
                         rollout_batch_size=4, mini_batch_size=4, micro_batch_size=1, generation_batch_size=1,
                         response_len=5, warmup_steps=1, save_steps=1, learning_rate=1e-3, length_bonus=0.5,
                         missing_eos_penalty=-1.0, max_steps=steps)
-    trainer = ppo.PPOTrainer(cfg, data, judge=load_judge("rule"), quiet=True)
+    # the classifier's probabilities differ from answer to answer: with the rule judge every random
+    # answer earned the same reward, so the whitened advantages were float noise (~1e-7 over a ~1e-7
+    # standard deviation) and the compared loss depended on the last bits of the sampling pass
+    trainer = ppo.PPOTrainer(cfg, data, judge=load_judge("classifier"), quiet=True)
     seen = [it.prompt for it in trainer.local_share(trainer.batch_for_step(0))]
     if DELAY:
         save = trainer.save_checkpoint
