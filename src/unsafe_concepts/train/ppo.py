@@ -606,6 +606,10 @@ class PPOTrainer:
                 hidden = self._hidden(query, responses, mask)
             finally:
                 self._use_adapter(self.policy_adapter)
+        return self._head_values(hidden, mask)
+
+    def _head_values(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The value head on last hidden states, zero outside the answer."""
         return self.value_head(hidden) * mask.to(hidden.dtype)
 
     def reference_logprobs(self, query: dict, responses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -707,7 +711,7 @@ class PPOTrainer:
             try:
                 with common.adapter_merged(self.model, VALUE_ADAPTER, enabled=self.merge_for_generation):
                     for j, q, r, m in micro:
-                        values[j, :r.shape[1]] = self.value_head(self._hidden(q, r, m)) * m.to(values.dtype)
+                        values[j, :r.shape[1]] = self._head_values(self._hidden(q, r, m), m)
             finally:
                 self._use_adapter(self.policy_adapter)
         for j, q, r, m in micro:
@@ -878,8 +882,7 @@ class PPOTrainer:
             with merged_lora_training(self.model, VALUE_ADAPTER, enabled=self.merge_for_update):
                 for j, q, r, m in self.micro_batches(ro.query, ro.responses, ro.mask, idx):
                     width = r.shape[1]
-                    hidden = self._hidden(q, r, m)
-                    values = self.value_head(hidden) * m.to(hidden.dtype)
+                    values = self._head_values(self._hidden(q, r, m), m)
                     if raw_advantages is not None:
                         old = values.detach()
                         a, ret = gae(rewards[j, :width], old, m, cfg.gamma, cfg.lam)
@@ -915,7 +918,7 @@ class PPOTrainer:
                 width = r.shape[1]
                 hidden = self._hidden(q, r, m)
                 logp, entropy = self._logprobs(hidden, r, m, True)
-                values = self.value_head(hidden) * m.to(hidden.dtype)
+                values = self._head_values(hidden, m)
                 pg, pg_stats = policy_loss(logp, ro.logp[j, :width], advantages[j, :width], m, cfg.cliprange)
                 vf, vf_stats = value_loss(values, ro.values[j, :width], returns[j, :width], m, cfg.cliprange_value)
                 ent = masked_mean(entropy, m)
