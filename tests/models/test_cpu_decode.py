@@ -226,6 +226,75 @@ def test_packed_linears_with_peft_lora(tiny, batch, merged):
     assert not any("forward" in m.__dict__ for m in model.modules())
 
 
+@needs_onednn
+@pytest.mark.parametrize("tied", [False, True])
+def test_packed_linears_release_dense_frees_the_weights_and_rebuilds_them_exactly(tiny, batch, tied):
+    import copy
+
+    model = copy.deepcopy(tiny).requires_grad_(False)
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    else:
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone(), requires_grad=False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
+    expected = generate(model, batch, sample=False)
+    with packed_linears(model, release_dense=True) as info:
+        proj = [p for n, p in model.named_parameters() if "proj" in n]
+        assert proj and all(p.numel() == 0 for p in proj)  # the dense copies are gone
+        assert (model.lm_head.weight.numel() > 0) == tied  # a tied head is kept (the embedding reads it)
+        assert info.released_bytes == sum(before[n].numel() * 4 for n in before
+                                          if "proj" in n or ("lm_head" in n and not tied))
+        got = generate(model, batch, sample=False)
+        single = generate(model, {k: v[:1] for k, v in batch.items()}, sample=False)  # one row: packed too
+    assert torch.equal(got, expected)
+    assert torch.equal(single, generate(model, {k: v[:1] for k, v in batch.items()}, sample=False))
+    for n, p in model.named_parameters(remove_duplicate=False):
+        assert torch.equal(p, before[n]), n  # bit-identical
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+@needs_onednn
+def test_packed_linears_release_dense_restores_on_exception_and_refuses_autograd(tiny):
+    import copy
+
+    model = copy.deepcopy(tiny).requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    layer = model.model.layers[0].mlp.up_proj
+    with pytest.raises(RuntimeError, match="release_dense"):
+        with packed_linears(model, release_dense=True):
+            assert layer.weight.numel() == 0
+            layer(torch.randn(3, 64, requires_grad=True))  # grad mode, an input that wants a graph
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    trainable = torch.nn.Linear(64, 8)  # trained weights are never released
+    with packed_linears(trainable, release_dense=True) as info:
+        assert info.released_bytes == 0 and trainable.weight.numel() == 64 * 8
+
+
+@needs_onednn
+def test_packed_linears_release_dense_inside_a_merged_peft_adapter(tiny, batch):
+    """PPO's order: merge the adapter, pack and release, sample, rebuild, unmerge."""
+    peft = pytest.importorskip("peft")
+    import copy
+
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                           init_lora_weights=False)
+    model = peft.get_peft_model(copy.deepcopy(tiny), lora)
+    model.eval()
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
+    with torch.no_grad():
+        expected = model(**batch).logits
+        model.merge_adapter()
+        with packed_linears(model, release_dense=True, include=lambda n, m: "lora_" not in n) as info:
+            assert info.released_bytes > 0
+            got = model(**batch).logits
+        model.unmerge_adapter()
+    assert torch.allclose(got, expected, atol=1e-4)
+    for n, p in model.named_parameters():
+        if n in base:
+            assert torch.allclose(p, base[n], atol=1e-6), n  # the merge round trip, as without packing
+
+
 # ------------------------------------------------------------------------------------------ sampler
 def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
     """p-value of Pearson's chi-square goodness-of-fit test (categories of probability > 0)."""

@@ -243,3 +243,37 @@ def test_merged_update_and_values_from_the_update_give_the_same_step(tiny_llava_
         assert fast[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-5), key
     for name in g_plain:
         assert torch.allclose(g_fast[name], g_plain[name], rtol=1e-3, atol=1e-6), name
+
+
+def test_kept_activation_layers_give_the_same_step(tiny_llava_dir, tmp_path):
+    """The last decoder layer left out of gradient checkpointing: the same loss and gradients."""
+    ref, g_ref = _one_step(tiny_llava_dir, tmp_path / "a", micro_batch_size=1, gradient_checkpointing=True)
+    kept, g_kept = _one_step(tiny_llava_dir, tmp_path / "b", micro_batch_size=1, gradient_checkpointing=True,
+                             kept_activation_layers=1)
+    assert ref["response_len"] == kept["response_len"] and g_ref.keys() == g_kept.keys()
+    for key in ("loss", "pg_loss", "vf_loss", "entropy"):
+        assert kept[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
+    for name in g_ref:
+        assert torch.allclose(g_kept[name], g_ref[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_keep_activations_takes_the_language_models_last_layers(tiny_llava_dir):
+    from transformers import AutoModelForImageTextToText
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def checkpointed_layers():
+        return [n for n, m in model.named_modules() if isinstance(m, GradientCheckpointingLayer)
+                and m.gradient_checkpointing]
+
+    checkpointed = checkpointed_layers()
+    language = [n for n in checkpointed if "language_model" in n]
+    assert len(language) >= 2 and len(checkpointed) > len(language)  # the vision tower's layers too
+    assert ppo.keep_activations(model, 1) == language[-1:]
+    assert checkpointed_layers() == checkpointed[:-1]
+    assert ppo.keep_activations(model, 0) == []
+    assert ppo.keep_activations(model, 10_000) == checkpointed[:-1]  # every remaining one, no error
+    with pytest.raises(Exception, match="kept_activation_layers"):
+        ppo.PPOConfig(model="x", kept_activation_layers=-1).validate()

@@ -33,7 +33,7 @@ import torch.nn as nn
 from transformers import DynamicCache, LogitsProcessor
 from transformers.cache_utils import DynamicLayer
 
-__all__ = ["PreallocatedLayer", "PreallocatedCache", "PackedLinears", "packed_linears", "onednn_usable",
+__all__ = ["PreallocatedLayer", "PreallocatedCache", "PackedLinears", "packed_linears", "onednn_usable", "own_weights",
            "sample_categorical", "InverseCDFSampler"]
 
 
@@ -183,6 +183,23 @@ def onednn_usable() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def own_weights(model: nn.Module) -> int:
+    """Copy every CPU parameter and buffer of ``model`` into memory of its own; returns the bytes copied.
+
+    Why: ``from_pretrained`` maps the safetensors file privately and hands out tensors inside that
+    mapping. A page written there (a LoRA merge) becomes an anonymous copy that stays resident as
+    long as any tensor of the file is alive, so freeing a weight frees nothing, and
+    ``packed_linears(release_dense=True)`` would only add its packed copies. Owned tensors are freed
+    when dropped. Same resident memory once every weight has been read (a training step reads all)."""
+    copied = 0
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu" and not tensor.is_meta and tensor.numel():
+                tensor.data = tensor.data.clone()
+                copied += tensor.numel() * tensor.element_size()
+    return copied
+
+
 @dataclass
 class PackedLinears:
     """What :func:`packed_linears` packed: the module names, and the bytes of the packed copies
@@ -190,6 +207,7 @@ class PackedLinears:
     packed once)."""
     names: list[str] = field(default_factory=list)
     packed_bytes: int = 0
+    released_bytes: int = 0  # ``release_dense``: dense weights freed while inside
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor:
@@ -210,27 +228,40 @@ def _packed_forward(module: nn.Linear, packed: torch.Tensor, fallback: Callable,
     training must reach the base layer's plain matmul), fewer than ``min_rows`` rows (a single row
     is slower packed: 1.59 vs 1.35 ms for one SmolLM2 layer), or a weight changed since it was
     packed (an optimizer step or ``weight.data = ...``: the packed copy is then rebuilt; an in-place
-    ``weight.data += ...`` is NOT seen, see :func:`packed_linears`)."""
-    state = {"packed": packed, "key": _weight_key(module.weight)}
+    ``weight.data += ...`` is NOT seen, see :func:`packed_linears`).
+
+    The returned function carries its state as ``forward.state`` (``packed``, ``key`` and
+    ``released``: the dense weight was freed, so there is no fallback and every call is packed)."""
+    state = {"packed": packed, "key": _weight_key(module.weight), "released": False}
     linear = torch.ops.mkldnn._linear_pointwise
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         weight, bias = module.weight, module.bias
-        if (x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() < min_rows * x.shape[-1]
-                or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                 or (bias is not None and bias.requires_grad)))):
-            return fallback(x)
         key = _weight_key(weight)
+        released = state["released"] and key == state["key"]
+        needs_graph = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                                   or (bias is not None and bias.requires_grad))
+        if released:
+            if needs_graph or x.dtype != torch.float32 or x.device.type != "cpu":
+                raise RuntimeError(
+                    "this layer's dense weight is released while inside packed_linears(release_dense=True): "
+                    "only float32 CPU inference without autograd can run there (use torch.no_grad(), or "
+                    "release_dense=False)")
+            return linear(x, state["packed"], bias, "none", [], "")
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() < min_rows * x.shape[-1] or needs_graph:
+            return fallback(x)
         if key != state["key"]:
-            state["packed"], state["key"] = _pack(weight), key
+            state["packed"], state["key"], state["released"] = _pack(weight), key, False
         return linear(x, state["packed"], bias, "none", [], "")
 
+    forward.state = state
     return forward
 
 
 @contextlib.contextmanager
 def packed_linears(model: nn.Module, *, min_rows: int = 2,
-                   include: Callable[[str, nn.Linear], bool] | None = None) -> Iterator[PackedLinears]:
+                   include: Callable[[str, nn.Linear], bool] | None = None,
+                   release_dense: bool = False, trim: Callable[[], None] | None = None) -> Iterator[PackedLinears]:
     """Inside, every plain ``nn.Linear`` of ``model`` (exact type, float32 weight on the CPU) runs
     through oneDNN with a weight prepacked on entry; on exit (also on an exception) every module
     gets its own ``forward`` back. Yields a :class:`PackedLinears`.
@@ -252,6 +283,15 @@ def packed_linears(model: nn.Module, *, min_rows: int = 2,
     (version counter) are re-packed automatically. Calls that need autograd (grad mode on and a
     tensor requiring grad) use the original forward.
 
+    ``release_dense=True`` removes that cost: each packed layer's dense weight is freed once packed
+    (a weight tied to another module, such as an LM head tied to the embeddings, is kept) and
+    rebuilt from the packed copy on exit - exactly (the packing only reorders float32 values), one
+    layer at a time, so memory never holds both copies of more than one layer. Inside, those layers
+    run packed at any row count and refuse autograd; nothing may read their ``weight`` there.
+    A weight freed into the allocator's heap stays resident until the heap is trimmed: ``trim``
+    (e.g. glibc's ``malloc_trim``) is called after every 64 MiB released (and rebuilt on exit), so
+    neither end holds much more than one copy of the weights at once.
+
     A no-op (yields an empty :class:`PackedLinears`) when oneDNN is unavailable; modules off the
     CPU or not float32 are left alone. ``include(name, module)`` can restrict what is packed."""
     info = PackedLinears()
@@ -259,6 +299,11 @@ def packed_linears(model: nn.Module, *, min_rows: int = 2,
     if not onednn_usable():
         yield info
         return
+    released: list[tuple[nn.Parameter, dict]] = []  # (weight, its forward's state), to rebuild on exit
+    users: dict[int, int] = {}  # how many modules hold each Parameter: tied weights are never released
+    untrimmed = 0  # bytes released since the last trim
+    for _, param in model.named_parameters(remove_duplicate=False):
+        users[id(param)] = users.get(id(param), 0) + 1
     try:
         by_weight: dict[int, torch.Tensor] = {}  # tied weights (same Parameter) are packed once
         for name, module in model.named_modules():
@@ -278,8 +323,30 @@ def packed_linears(model: nn.Module, *, min_rows: int = 2,
             patched.append((module, previous))
             module.forward = _packed_forward(module, packed, fallback, min_rows)
             info.names.append(name)
+            if release_dense and users.get(id(weight)) == 1 and not weight.requires_grad:
+                state = module.forward.state
+                weight.data = torch.empty(0, dtype=weight.dtype)  # the dense copy goes; the packed one stays
+                state["key"], state["released"] = _weight_key(weight), True
+                released.append((weight, state))
+                info.released_bytes += state["packed"].numel() * weight.element_size()
+                by_weight.pop(id(weight), None)
+                untrimmed += state["packed"].numel() * weight.element_size()
+                if trim is not None and untrimmed >= 64 << 20:
+                    trim()
+                    untrimmed = 0
+        if trim is not None and untrimmed:
+            trim()
         yield info
     finally:
+        untrimmed = 0
+        for weight, state in reversed(released):  # one layer at a time: dense rebuilt, packed freed
+            if state["released"] and _weight_key(weight) == state["key"]:
+                weight.data = state["packed"].to_dense()
+                untrimmed += weight.numel() * weight.element_size()
+            state["packed"], state["released"] = None, False
+            if trim is not None and untrimmed >= 64 << 20:
+                trim()
+                untrimmed = 0
         for module, previous in reversed(patched):
             if previous is not None:
                 module.forward = previous

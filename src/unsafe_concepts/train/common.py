@@ -154,6 +154,13 @@ def _glibc():
         return None
 
 
+def trim_heap() -> None:
+    """Hand glibc's free heap pages back to the OS now (``malloc_trim(0)``); elsewhere a no-op."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 _threshold_now: list[int | None] = [None]  # the threshold this process set (None: glibc's own, dynamic)
 
 

@@ -34,6 +34,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,9 @@ class PPOConfig(common.TrainConfig):
     mini_batch_size: int = 32  # answers per optimiser step (reference: one step per rollout of 32)
     generation_batch_size: int | None = None  # prompts sampled at once; None: 16 on CPU, the rollout on GPU
     gradient_checkpointing: bool = True  # recompute activations in the update pass: far less memory
+    # with gradient_checkpointing, the last N decoder layers keep their activations instead: each
+    # saves 1/L of the recomputation and holds ~41 KB per token of the micro-batch (SmolLM2)
+    kept_activation_layers: int = 0
     # merge the policy's LoRA weights into the base weights while sampling (and unmerge after): on a
     # CPU sampling 1.9x faster at r=128. None: only when the base weights are float32, where the
     # round trip leaves them within a rounding error (in bf16 it would drift step after step)
@@ -95,9 +99,10 @@ class PPOConfig(common.TrainConfig):
     # (same distribution as torch.multinomial, other draws) and oneDNN prepacked linear layers for
     # ``cpu_packed_linears``. None: on a CPU with float32 base weights
     cpu_decoding: bool | None = None
-    # "head": the LM head only (a 108 MiB copy for SmolLM2, 2.7x faster at 16 rows); "all": every
-    # base linear layer (513 MiB, which at step 2 would lift the sampling peak over 3 GB); "none"
-    cpu_packed_linears: str = "head"
+    # "all": every base linear layer, "head": the LM head only, "none". A packed layer's dense weight
+    # is freed while sampling and rebuilt exactly after, so packing costs no memory, except for a
+    # weight tied to another module (SmolLM2's LM head, tied to the embeddings: a 108 MiB copy)
+    cpu_packed_linears: str = "all"
     # answer tokens per chunk of the log-softmax over the vocabulary: about 5 float32 tensors of
     # chunk x vocabulary live at once (128 x 49k: 125 MB for SmolLM2; 512 would be 500 MB)
     logprob_chunk_tokens: int = 128
@@ -129,6 +134,8 @@ class PPOConfig(common.TrainConfig):
         for name in ("rollout_batch_size", "mini_batch_size", "ppo_epochs", "response_len", "logprob_chunk_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.kept_activation_layers < 0:
+            raise UserError(f"kept_activation_layers must be >= 0, got {self.kept_activation_layers}")
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
             raise UserError(f"generation_batch_size must be >= 1, got {self.generation_batch_size}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
@@ -442,6 +449,19 @@ def trim_micro_batch(query: dict, responses: torch.Tensor, mask: torch.Tensor):
     return trimmed, responses[:, :width], mask[:, :width]
 
 
+def keep_activations(model: nn.Module, n: int) -> list[str]:
+    """Switch gradient checkpointing off for the last ``n`` checkpointed layers of ``model`` (module
+    order: the language model's last decoder layers in every supported family); their names."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [(name, m) for name, m in model.named_modules()
+              if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    kept = layers[len(layers) - min(n, len(layers)):] if n else []
+    for _, module in kept:
+        module.gradient_checkpointing = False
+    return [name for name, _ in kept]
+
+
 # ============================================================================ the trainer
 @dataclass
 class Rollout:
@@ -508,6 +528,11 @@ class PPOTrainer:
                                  else common.float32_base(self.model))
         self.cpu_decoding = (config.cpu_decoding if config.cpu_decoding is not None
                              else self.device.type == "cpu" and common.float32_base(self.model))
+        if self.cpu_decoding and config.cpu_packed_linears != "none":  # so that sampling's release frees memory
+            from unsafe_concepts.models import cpu_decode
+
+            with common.large_buffers_returned(config.cpu_mmap_threshold, self.device):  # each its own mapping
+                cpu_decode.own_weights(self.model)
         # one epoch of one mini-batch: the update's value pass sees the weights of the rollout, so its
         # values are the old values and the rollout needs no value pass of its own
         self.values_in_update = (config.value_model == "adapter" and config.ppo_epochs == 1
@@ -518,12 +543,14 @@ class PPOTrainer:
         for p in self.trainable:
             p.requires_grad_(True)
         self._use_adapter(self.policy_adapter)
+        self.kept_activations: list[str] = []  # layers left out of gradient checkpointing
         if config.gradient_checkpointing:
             base = self.model.get_base_model()
             if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
                 base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.kept_activations = keep_activations(base, config.kept_activation_layers)
         if judge is None:
             from unsafe_concepts.judges import load_judge
 
@@ -659,7 +686,7 @@ class PPOTrainer:
                 _, head = _backbone_and_head(self.model)
                 chosen = ((lambda name, module: module is head) if cfg.cpu_packed_linears == "head"
                           else (lambda name, module: "lora_" not in name))  # merged: LoRA A/B are unused
-                stack.enter_context(cpu_decode.packed_linears(self.model, include=chosen))
+                stack.enter_context(self._packed_for_sampling(chosen))
             for start in range(0, n, self.generation_batch):
                 s = slice(start, start + self.generation_batch)
                 q = {k: v[s] for k, v in query.items()}
@@ -682,6 +709,29 @@ class PPOTrainer:
             return F.pad(c, (0, width - c.shape[1]), value=value) if c.shape[1] < width else c
 
         return (torch.cat([widen(c, pad) for c in chunks]), torch.cat([widen(c, 0.0) for c in logp_chunks]))
+
+    @contextlib.contextmanager
+    def _packed_for_sampling(self, include):
+        """``cpu_decode.packed_linears`` with the dense weights released while inside. Packing and
+        rebuilding allocate with ``cpu_mmap_threshold``: weights that are mappings of their own are
+        handed back at once when freed and never sit in the heap among the passes' activations,
+        which (measured) let the heap grow by ~250 MiB after each rollout."""
+        from unsafe_concepts.models import cpu_decode
+
+        threshold = self.config.cpu_mmap_threshold
+        with common.large_buffers_returned(threshold, self.device):
+            packing = cpu_decode.packed_linears(self.model, include=include, release_dense=True,
+                                                trim=common.trim_heap)
+            packing.__enter__()
+        try:
+            yield
+        except BaseException:
+            with common.large_buffers_returned(threshold, self.device):
+                if not packing.__exit__(*sys.exc_info()):
+                    raise
+        else:
+            with common.large_buffers_returned(threshold, self.device):
+                packing.__exit__(None, None, None)
 
     @torch.no_grad()
     def rollout(self, batch: list[TrainItem]) -> Rollout:
