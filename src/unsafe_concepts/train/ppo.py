@@ -86,8 +86,8 @@ class PPOConfig(common.TrainConfig):
     generation_batch_size: int | None = None  # prompts sampled at once; None: 16 on CPU, the rollout on GPU
     gradient_checkpointing: bool = True  # recompute activations in the update pass: far less memory
     # with gradient_checkpointing, the last N decoder layers keep their activations instead: each
-    # saves 1/L of the recomputation and holds ~41 KB per token of the micro-batch (SmolLM2: ~34 MiB
-    # at the peak of an answer of 512 tokens: 3 measured 2,881 MiB at step 2, over 3 GB)
+    # saves 1/L of the recomputation and holds its activations for the micro-batch (SmolLM2: about
+    # 34 MiB more peak per layer at a 512-token answer; 3 layers measured 2,881 MiB at step 2, over 3 GB)
     kept_activation_layers: int = 2
     # merge the policy's LoRA weights into the base weights while sampling (and unmerge after): on a
     # CPU sampling 1.9x faster at r=128. None: only when the base weights are float32, where the
