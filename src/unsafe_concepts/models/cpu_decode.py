@@ -301,7 +301,14 @@ def packed_linears(model: nn.Module, *, min_rows: int = 2,
         return
     released: list[tuple[nn.Parameter, dict]] = []  # (weight, its forward's state), to rebuild on exit
     users: dict[int, int] = {}  # how many modules hold each Parameter: tied weights are never released
-    untrimmed = 0  # bytes released since the last trim
+    untrimmed = [0]  # bytes released or rebuilt since the last trim
+
+    def freed(nbytes: int) -> None:  # trim after every 64 MiB, so freed weights leave the heap as we go
+        untrimmed[0] += nbytes
+        if trim is not None and untrimmed[0] >= 64 << 20:
+            trim()
+            untrimmed[0] = 0
+
     for _, param in model.named_parameters(remove_duplicate=False):
         users[id(param)] = users.get(id(param), 0) + 1
     try:
@@ -330,23 +337,19 @@ def packed_linears(model: nn.Module, *, min_rows: int = 2,
                 released.append((weight, state))
                 info.released_bytes += state["packed"].numel() * weight.element_size()
                 by_weight.pop(id(weight), None)
-                untrimmed += state["packed"].numel() * weight.element_size()
-                if trim is not None and untrimmed >= 64 << 20:
-                    trim()
-                    untrimmed = 0
-        if trim is not None and untrimmed:
+                freed(state["packed"].numel() * weight.element_size())
+        if trim is not None and untrimmed[0]:
             trim()
         yield info
     finally:
-        untrimmed = 0
+        untrimmed[0] = 0
         for weight, state in reversed(released):  # one layer at a time: dense rebuilt, packed freed
-            if state["released"] and _weight_key(weight) == state["key"]:
+            rebuilt = state["released"] and _weight_key(weight) == state["key"]
+            if rebuilt:
                 weight.data = state["packed"].to_dense()
-                untrimmed += weight.numel() * weight.element_size()
             state["packed"], state["released"] = None, False
-            if trim is not None and untrimmed >= 64 << 20:
-                trim()
-                untrimmed = 0
+            if rebuilt:
+                freed(weight.numel() * weight.element_size())
         for module, previous in reversed(patched):
             if previous is not None:
                 module.forward = previous

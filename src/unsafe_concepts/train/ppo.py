@@ -34,7 +34,6 @@ import json
 import math
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -726,11 +725,7 @@ class PPOTrainer:
             packing.__enter__()
         try:
             yield
-        except BaseException:
-            with common.large_buffers_returned(threshold, self.device):
-                if not packing.__exit__(*sys.exc_info()):
-                    raise
-        else:
+        finally:  # packed_linears rebuilds in its own finally: an exception here propagates unchanged
             with common.large_buffers_returned(threshold, self.device):
                 packing.__exit__(None, None, None)
 
