@@ -156,14 +156,16 @@ def test_recomputed_logprobs_match_the_sampling_distribution(tiny_llava_dir, tmp
     assert values.shape == responses.shape
 
 
-def test_rollout_reads_old_logprobs_from_sampling(tiny_llava_dir, tmp_path):
-    """The rollout takes log pi_old from the scores generate() sampled from (no policy pass): they
-    must equal a recomputed policy pass over the same answers, for chunks of several prompts with
-    answers ending at different lengths."""
+@pytest.mark.parametrize("continuous", [None, False], ids=["continuous-batching", "generate-chunks"])
+def test_rollout_reads_old_logprobs_from_sampling(tiny_llava_dir, tmp_path, continuous):
+    """The rollout takes log pi_old from the scores it sampled from (no policy pass): they must
+    equal a recomputed policy pass over the same answers, for chunks of several prompts (or 3
+    slots refilled) with answers ending at different lengths."""
     items = td.text_items(["Arson", "Torture", "Swastika"], ["teapot", "canoe", "violin"], seed=3, all_prompts=False)
     cfg = ppo.PPOConfig(model=f"hf:{tiny_llava_dir}", modality="text", out_dir=str(tmp_path), temperature=0.8,
-                        **{**TINY, "response_len": 8, "generation_batch_size": 3})
+                        **{**TINY, "response_len": 8, "generation_batch_size": 3, "continuous_batching": continuous})
     trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
+    assert trainer.continuous is (continuous is None)  # the default on a CPU, for a text LLaVA too
     ro = trainer.rollout(items)
     assert ro.mask.sum() > 0 and (ro.logp * (1 - ro.mask)).abs().max() == 0
     with torch.no_grad():
@@ -278,3 +280,11 @@ def test_keep_activations_takes_the_language_models_last_layers(tiny_llava_dir):
     assert ppo.keep_activations(model, 10_000) == checkpointed[:-1]  # every remaining one, no error
     with pytest.raises(Exception, match="kept_activation_layers"):
         ppo.PPOConfig(model="x", kept_activation_layers=-1).validate()
+
+
+def test_continuous_batching_refuses_image_prompts(tmp_path):
+    from unsafe_concepts.errors import UserError
+
+    cfg = ppo.PPOConfig(model="smollm2-135m", modality="image", out_dir=str(tmp_path), continuous_batching=True)
+    with pytest.raises(UserError, match="continuous_batching samples text prompts only"):
+        cfg.validate()

@@ -361,7 +361,8 @@ def packed_linears(model: nn.Module, *, min_rows: int = 2,
 # 3. An exact inverse-CDF sampler
 # --------------------------------------------------------------------------------------------------
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None,
+                       uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """One index per row of ``probs`` (B, V), drawn with probability ``probs[b, i] / probs[b].sum()``.
 
     Why: ``torch.multinomial`` draws one exponential variate per entry (B x V random numbers: 26 ms
@@ -369,10 +370,12 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
     (2.5 ms). The sum runs in float64 so the interval of every entry keeps its float32 probability
     to ~1e-16 (a float32 cumsum over 49k entries would blur entries below ~1e-5); entries of
     probability 0 have empty intervals and are never drawn. Rows must be non-negative with a
-    positive finite sum (as softmax output is). Uses the global RNG unless ``generator`` is given."""
+    positive finite sum (as softmax output is). Uses the global RNG unless ``generator`` is given,
+    or ``uniforms`` (B, 1) float64 in [0, 1): the draws themselves (one generator per row)."""
     cdf = probs.cumsum(-1, dtype=torch.float64)
     total = cdf[:, -1:]
-    u = torch.rand(total.shape, dtype=torch.float64, device=probs.device, generator=generator)
+    u = uniforms if uniforms is not None else torch.rand(total.shape, dtype=torch.float64, device=probs.device,
+                                                         generator=generator)
     # u < 1, but u * total may round up to total: keep the point strictly inside [0, total) so the
     # search lands on an entry whose interval is non-empty
     point = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
