@@ -119,3 +119,46 @@ def test_vlm_policy_freezes_vision_and_encodes_blank_image(tiny_llava_dir):
     assert batch["pixel_values"].shape[0] == 1
     out = model.generate(**batch, max_new_tokens=3, do_sample=False)
     assert batch["input_ids"].shape[1] < out.shape[1] <= batch["input_ids"].shape[1] + 3
+
+
+def _adam_after_two_steps(seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(7, 5)), torch.nn.Parameter(torch.randn(11))]
+    opt = torch.optim.AdamW(params, lr=0.1)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    return params, opt
+
+
+def test_optimizer_state_waits_on_disk_and_comes_back_exactly(tmp_path):
+    """AdamW's moments leave memory while inside, come back bit-identical (into one flat buffer),
+    and the next steps are those of an optimiser that never left; also after an error inside."""
+    import torch
+
+    params, opt = _adam_after_two_steps()
+    twin_params, twin = _adam_after_two_steps()
+    before = {(i, k): v.clone() for i, st in enumerate(opt.state.values()) for k, v in st.items()}
+    path = tmp_path / "run" / ".optimizer-state.safetensors"
+    with pytest.raises(RuntimeError, match="inside"):
+        with common.optimizer_state_on_disk(opt, path):
+            assert path.exists()
+            assert all(st["exp_avg"].numel() == 0 and st["exp_avg_sq"].numel() == 0 for st in opt.state.values())
+            raise RuntimeError("an error inside")
+    assert not path.exists()
+    after = {(i, k): v for i, st in enumerate(opt.state.values()) for k, v in st.items()}
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    moments = [st["exp_avg"] for st in opt.state.values()]
+    assert moments[0].untyped_storage().data_ptr() == moments[1].untyped_storage().data_ptr()  # one buffer
+    torch.manual_seed(9)
+    grads = [torch.randn_like(p) for p in params]
+    for ps, o in ((params, opt), (twin_params, twin)):
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        o.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, twin_params))
+    with common.optimizer_state_on_disk(opt, path, enabled=False):  # disabled: untouched, nothing written
+        assert not path.exists() and all(st["exp_avg"].numel() for st in opt.state.values())

@@ -1,5 +1,6 @@
-"""Continuous batching for sampling many answers on a CPU: ``slots`` rows decode in lockstep, and a
-row whose answer ends hands its slot to the next prompt at once.
+"""Continuous batching for decoding many answers on a CPU: ``slots`` rows decode in lockstep, and a
+row whose answer ends hands its slot to the next prompt at once. PPO samples its text rollouts this
+way; the ``hf:`` backend answers greedy text queries this way.
 
 Why: ``generate()`` on a chunk of prompts runs until the chunk's longest answer ends; rows that
 ended earlier idle in the batch. A CPU decoding step of a small model costs about the same at 4
@@ -18,7 +19,8 @@ dropped; once no prompt waits, the batch shrinks to the live rows.
 Each row samples with a generator of its own, seeded by the caller: a row's answer depends on its
 prompt and seed only, not on which rows share its steps. The draws are those of
 ``cpu_decode.InverseCDFSampler`` with that generator in ``generate()`` one prompt at a time, so
-both give the same tokens (tested).
+both give the same tokens (tested); greedy decoding gives ``generate(do_sample=False)``'s tokens.
+No logits processor is applied beyond the temperature.
 
 Only decoder-only language models whose caches are all full-attention layers (the text modality;
 image prompts take ``generate()``: their prefill differs per family).
@@ -119,12 +121,14 @@ class _Slots:
 
 @torch.no_grad()
 def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, slots: int, max_new_tokens: int,
-           eos_token_ids: Sequence[int], pad_token_id: int, seeds: Sequence[int], temperature: float = 1.0,
-           on_answer: Callable[[int], None] | None = None, slack: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+           eos_token_ids: Sequence[int], pad_token_id: int, seeds: Sequence[int] | None = None,
+           temperature: float = 1.0, greedy: bool = False, on_answer: Callable[[int], None] | None = None,
+           slack: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample an answer to each row of the left-padded ``input_ids`` (B, P): the tokens (B, L) with
     ``pad_token_id`` after each answer's end (its EOS token included, as ``generate()``), and the
     log-probability each token was drawn with, from ``softmax(logits / temperature)`` (B, L; 0 on
-    padding). ``seeds[b]`` seeds row b's generator. ``on_answer(b)`` is called as row b ends.
+    padding). ``seeds[b]`` seeds row b's generator; ``greedy``: the most likely token instead (as
+    ``generate(do_sample=False)``; no seeds needed). ``on_answer(b)`` is called as row b ends.
     ``slack``: cache columns beyond the longest prompt plus answer; the cache drops the columns no
     live row uses whenever it is full, so about every ``slack`` steps."""
     if slots < 1:
@@ -132,12 +136,12 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, slot
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     n = input_ids.shape[0]
-    if len(seeds) != n:
-        raise ValueError(f"{len(seeds)} seeds for {n} prompts")
+    if not greedy and (seeds is None or len(seeds) != n):
+        raise ValueError(f"{0 if seeds is None else len(seeds)} seeds for {n} prompts")
     device = input_ids.device
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
-    generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    generators = [] if greedy else [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     answers: list[list[int]] = [[] for _ in range(n)]
     logps: list[list[float]] = [[] for _ in range(n)]
     prompt_width = int(attention_mask.sum(1).max().item()) if n else 0
@@ -153,9 +157,12 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, slot
         """Sample one token per row (logits (R, V)); record it; return the tokens."""
         scores = logits.float() / temperature if temperature != 1.0 else logits.float()
         logp = torch.log_softmax(scores, dim=-1)
-        uniforms = torch.cat([torch.rand((1, 1), dtype=torch.float64, device=device, generator=generators[r])
-                              for r in rows]) if rows else None
-        tokens = sample_categorical(torch.softmax(scores, dim=-1), uniforms=uniforms)
+        if greedy:
+            tokens = scores.argmax(-1)
+        else:
+            uniforms = torch.cat([torch.rand((1, 1), dtype=torch.float64, device=device, generator=generators[r])
+                                  for r in rows])
+            tokens = sample_categorical(torch.softmax(scores, dim=-1), uniforms=uniforms)
         picked = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         for r, t, lp in zip(rows, tokens.tolist(), picked.tolist()):
             answers[r].append(t)

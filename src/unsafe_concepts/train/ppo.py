@@ -109,6 +109,9 @@ class PPOConfig(common.TrainConfig):
     # answers are those of one-at-a-time sampling. None: on wherever cpu_decoding is, for text
     # prompts of a full-attention model (image prompts always take generate())
     continuous_batching: bool | None = None
+    # while sampling, AdamW's moments wait in a safetensors file in out_dir (596 MiB for SmolLM2 at
+    # r=128; written and read back exactly in ~0.6 s), so the KV cache can take their room. None: on a CPU
+    offload_optimizer_state: bool | None = None
     # answer tokens per chunk of the log-softmax over the vocabulary: about 5 float32 tensors of
     # chunk x vocabulary live at once (64 x 49k: 63 MB for SmolLM2; 512 would be 500 MB)
     logprob_chunk_tokens: int = 64
@@ -667,10 +670,14 @@ class PPOTrainer:
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
     def generate(self, query: dict, first_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sampled answers (B, L) and the log-prob each token was sampled with (B, L),
-        ``generation_batch_size`` prompts at a time. Each chunk's sampling is seeded by the step and
-        the global index of its first item, so the answers do not depend on how many processes
-        share the rollout (with chunks of one)."""
+        """Sampled answers (B, L) and the log-prob each token was sampled with (B, L).
+
+        With continuous batching (text prompts on a CPU), ``generation_batch_size`` slots, each
+        answer seeded by the step and its global index: the answers do not depend on how many
+        processes share the rollout, nor on which answers share a step. Otherwise
+        ``generation_batch_size`` prompts per ``generate()`` call, each chunk seeded by the step and
+        the global index of its first item (the same answers for any number of processes with
+        chunks of one)."""
         from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper
 
         from unsafe_concepts.models import cpu_decode
@@ -781,7 +788,11 @@ class PPOTrainer:
                                       max_prompt_len=cfg.max_prompt_len)
         query = {k: v.to(self.device) for k, v in query.items()}
         t0 = time.perf_counter()
-        responses, sampled_logp = self.generate(query, first_index=self.dist.rank)
+        offload = (cfg.offload_optimizer_state if cfg.offload_optimizer_state is not None
+                   else self.device.type == "cpu")
+        with common.optimizer_state_on_disk(self.optimizer, self.out / f".optimizer-state-rank{self.dist.rank}"
+                                            ".safetensors", enabled=offload):
+            responses, sampled_logp = self.generate(query, first_index=self.dist.rank)
         self.timings["sample_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         mask = response_mask(responses, self.eos_ids)
