@@ -13,7 +13,8 @@ peak is that method's alone:
 
 Prints, per method: ``peak_mb_<method>: X``, ``step_s_<method>: X`` (wall time of the steps divided
 by their number, model loading excluded) and ``step_cpu_s_<method>: X`` (the process's CPU time per
-step: comparable across runs on a machine shared with other jobs), then the settings used.
+step: comparable across runs on a machine shared with other jobs), then the settings used and, for
+PPO, each step's phases (sampling, passes, judge, update; mean answer length in tokens).
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def run_method(method: str, steps: int, model: str, judge: str, overrides: dict)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        cpu0 = None
+        cpu0, phases = None, []
         if method == "ppo":
             from unsafe_concepts.train import ppo
             from unsafe_concepts.train.data import load_items
@@ -65,9 +66,12 @@ def run_method(method: str, steps: int, model: str, judge: str, overrides: dict)
             items = load_items(config.data, modality=config.modality, split="train", seed=config.data_seed)
             trainer = ppo.PPOTrainer(config, items, quiet=True)
             loaded, cpu0 = time.perf_counter(), cpu_seconds()
+            phases = []
             for step in range(steps):
-                trainer.train_step(trainer.batch_for_step(step))
+                metrics = trainer.train_step(trainer.batch_for_step(step))
                 trainer.step += 1
+                phases.append({k: round(v, 1) for k, v in metrics.items()
+                               if k.endswith("_s") or k == "response_len"})
             done, cpu1 = time.perf_counter(), cpu_seconds()
             micro = trainer.micro_batch
         else:
@@ -84,7 +88,7 @@ def run_method(method: str, steps: int, model: str, judge: str, overrides: dict)
         where = "peak RSS"
     return {"method": method, "peak_mb": peak_mb, "measure": where, "step_s": (done - loaded) / steps,
             "step_cpu_s": (cpu1 - cpu0) / steps,
-            "load_s": loaded - t0, "micro_batch": micro, "threads": torch.get_num_threads(),
+            "load_s": loaded - t0, "micro_batch": micro, "threads": torch.get_num_threads(), "phases": phases,
             "settings": {k: v for k, v in config.to_dict().items()
                          if k in ("batch_size", "rollout_batch_size", "mini_batch_size", "micro_batch_size",
                                   "response_len", "max_length", "lora_r", "num_generations", "generation_batch_size",
@@ -124,6 +128,8 @@ def main(argv=None) -> int:
         print(f"step_cpu_s_{method}: {r['step_cpu_s']:.1f}")
         print(f"  ({r['measure']}; micro-batch {r['micro_batch']}; {r['threads']} threads; load {r['load_s']:.0f} s; "
               f"{json.dumps(r['settings'])})", flush=True)
+        for step, phases in enumerate(r.get("phases", []), 1):  # PPO: where each step's time went
+            print(f"  step {step}: " + ", ".join(f"{k} {v}" for k, v in phases.items()), flush=True)
     return 1 if failed else 0
 
 

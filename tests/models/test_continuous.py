@@ -126,3 +126,18 @@ def test_supports_full_attention_models_only(tiny):
                                                num_attention_heads=2, num_key_value_heads=1, vocab_size=50,
                                                sliding_window=8))
     assert not continuous.supports(sliding)
+
+
+def test_greedy_answers_are_generates(tiny, prompts):
+    """``greedy=True``: the most likely token at each step, as generate(do_sample=False) gives each
+    prompt alone (no seeds needed)."""
+    ids, mask = prompts
+    tokens, _ = continuous.sample(tiny, ids, mask, slots=3, max_new_tokens=NEW, eos_token_ids=EOS,
+                                  pad_token_id=PAD, greedy=True)
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=EOS)
+    for r in range(len(ids)):
+        keep = mask[r].bool()
+        with torch.no_grad():
+            seq = tiny.generate(input_ids=ids[r][keep][None], attention_mask=mask[r][keep][None], generation_config=cfg)
+        answer = seq[0, int(keep.sum()):]
+        assert tokens[r, :answer.shape[0]].tolist() == answer.tolist(), f"row {r}"

@@ -59,27 +59,6 @@ def test_batched_greedy_equals_one_at_a_time(smol):
     assert all(0 < g.n_tokens <= 12 and g.latency_s > 0 for g in batched)
 
 
-def test_continuous_batching_gives_generates_greedy_answers(smol, monkeypatch):
-    """Greedy text queries on a CPU take continuous batching (models/continuous.py): 4 slots for 10
-    queries, refilled as answers end (SmolLM2's run to the 24-token budget, so each refill places
-    prompts right-aligned in a cache that is already wider), must give what generate() gives each
-    query alone. (Answers of many lengths: tests/models/test_continuous.py.)"""
-    queries = text_queries(10)
-    config = GenerationConfig(max_new_tokens=24, do_sample=False)
-    monkeypatch.setattr(smol, "batch_size", 4)
-    assert smol._continuous(config)
-    calls = []
-    monkeypatch.setattr(smol, "_generate_continuous",
-                        lambda qs, cfg, original=smol._generate_continuous: calls.append(len(qs)) or original(qs, cfg))
-    continuous = smol.generate(queries, config)
-    assert calls == [10]  # one continuous run over every query, not one per chunk of 4
-    monkeypatch.setattr(smol, "_continuous", lambda cfg: False)
-    alone = [smol.generate([q], config)[0] for q in queries]
-    assert [g.error for g in continuous] == [None] * 10
-    assert [g.text for g in continuous] == [g.text for g in alone]
-    assert [g.n_tokens for g in continuous] == [g.n_tokens for g in alone]
-
-
 def test_seeded_sampling_repeats_and_seeds_differ(smol):
     queries = text_queries(3)
     cfg = GenerationConfig(max_new_tokens=12, temperature=1.0, top_p=0.9, do_sample=True, seed=7)

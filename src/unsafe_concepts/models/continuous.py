@@ -1,6 +1,6 @@
 """Continuous batching for decoding many answers on a CPU: ``slots`` rows decode in lockstep, and a
 row whose answer ends hands its slot to the next prompt at once. PPO samples its text rollouts this
-way; the ``hf:`` backend answers greedy text queries this way.
+way (``greedy`` decoding is there too, for evaluation backends; none uses it yet).
 
 Why: ``generate()`` on a chunk of prompts runs until the chunk's longest answer ends; rows that
 ended earlier idle in the batch. A CPU decoding step of a small model costs about the same at 4
@@ -254,6 +254,9 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, slot
                 state.token[slot] = token
                 state.position[slot] += 1
 
+    for layer in cache.layers:  # the cache's memory goes now, not whenever the closures above are collected
+        layer.reset()
+    columns = None
     width = max((len(a) for a in answers), default=0)
     tokens = torch.full((n, width), pad_token_id, dtype=torch.long, device=device)
     logp = torch.zeros((n, width), dtype=torch.float32, device=device)

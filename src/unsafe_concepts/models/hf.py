@@ -339,81 +339,16 @@ class HFBackend(ModelBackend):
                 f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt: model {self.spec} "
                 f"takes at most {self.max_positions} positions")
         results: list[Generation | None] = [None] * len(queries)
-        continuous = self._continuous(config)
         for start in range(0, len(queries), self.batch_size):
             chunk = list(range(start, min(start + self.batch_size, len(queries))))
             # Image and text-only queries cannot share one processor call; a mixed chunk becomes two.
             with_image = [i for i in chunk if queries[i].image is not None]
-            text_only = [] if continuous else [i for i in chunk if queries[i].image is None]
+            text_only = [i for i in chunk if queries[i].image is None]
             for group in (with_image, text_only):
                 if group:
                     for i, gen in zip(group, self._generate_group([queries[i] for i in group], config)):
                         results[i] = gen
-        if continuous:  # every text query at once, ``batch_size`` slots refilled as answers end
-            text_only = [i for i, q in enumerate(queries) if q.image is None]
-            for i, gen in zip(text_only, self._generate_continuous([queries[i] for i in text_only], config)):
-                results[i] = gen
         return results  # type: ignore[return-value]
-
-    # ---- continuous batching (greedy text queries on a CPU)
-
-    # generation settings a model's own generation_config may set that continuous.sample does not apply
-    _PROCESSED = ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens",
-                  "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id", "min_length",
-                  "min_new_tokens", "sequence_bias", "encoder_repetition_penalty", "exponential_decay_length_penalty")
-
-    def _continuous(self, config: GenerationConfig) -> bool:
-        """Whether text queries are decoded by continuous batching (``models/continuous.py``): greedy
-        answers on a CPU (``cpu_decoding``), batches of 2 or more, a full-attention model whose own
-        generation config adds no logits processor (the loop applies none)."""
-        if not (self.cpu_decoding and self.batch_size > 1 and not (config.do_sample and config.temperature > 0)):
-            return False
-        from transformers import GenerationConfig as HFGenerationConfig
-
-        from unsafe_concepts.models import continuous
-
-        own, default = self.model.generation_config, HFGenerationConfig()
-        if any(getattr(own, key, None) not in (None, getattr(default, key, None)) for key in self._PROCESSED):
-            return False
-        return not self.supports_images and continuous.supports(self.model)
-
-    def _generate_continuous(self, queries: list[Query], config: GenerationConfig) -> list[Generation]:
-        """Greedy answers to text ``queries`` by continuous batching; if that fails, the batched path
-        (which isolates a failing query)."""
-        import torch
-
-        from unsafe_concepts.models import continuous, cpu_decode
-
-        out: dict[int, Generation] = {}
-        items = []
-        for pos, q in enumerate(queries):
-            try:
-                items.append((pos, self._check_prompt(q), None))
-            except UserError as e:
-                out[pos] = Generation(text=None, error=str(e))
-        t0 = time.perf_counter()
-        try:
-            inputs, kept = self._encode_fitting(items, config, out) if items else (None, [])
-            if kept:
-                if set(inputs) - {"input_ids", "attention_mask"}:
-                    raise ValueError(f"continuous batching passes token ids only, not {sorted(inputs)}")
-                report = (lambda row: self._report_progress(1)) if self.progress is not None else None
-                with torch.inference_mode(), cpu_decode.packed_linears(self.model):
-                    tokens, _ = continuous.sample(
-                        self.model, inputs["input_ids"], inputs["attention_mask"], slots=self.batch_size,
-                        max_new_tokens=config.max_new_tokens, eos_token_ids=sorted(self.eos_ids),
-                        pad_token_id=self.tokenizer.pad_token_id, greedy=True, on_answer=report)
-                per_item = (time.perf_counter() - t0) / len(kept)
-                for (pos, _, _), ids in zip(kept, tokens.tolist()):
-                    n = _length_until_eos(ids, self.eos_ids)
-                    text = self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
-                    out[pos] = Generation(text=text, latency_s=per_item, n_tokens=n)
-        except Exception:  # noqa: BLE001 - the batched path isolates whichever query failed
-            out = {}
-            for start in range(0, len(queries), self.batch_size):
-                chunk = queries[start:start + self.batch_size]
-                out.update({start + k: gen for k, gen in enumerate(self._generate_group(chunk, config))})
-        return [out[pos] for pos in range(len(queries))]
 
     # ---- one batch
 

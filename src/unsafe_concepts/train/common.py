@@ -191,6 +191,7 @@ def optimizer_state_on_disk(optimizer, path: Path, *, enabled: bool = True):
     try:
         yield
     finally:
+        trim_heap()  # what was freed inside (a KV cache) leaves before the state comes back, not after
         flat = {}
         for dtype in {dt for _, dt in shapes.values()}:
             flat[dtype] = torch.empty(sum(math.prod(s) for s, dt in shapes.values() if dt == dtype), dtype=dtype)
