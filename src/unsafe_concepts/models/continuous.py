@@ -221,9 +221,7 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, slot
             del prefill, out
 
     while True:
-        free = [s for s in range(state.row.shape[0]) if state.row[s] < 0]
-        if not state.row.numel():
-            free = list(range(slots))
+        free = (state.row < 0).nonzero().flatten().tolist() if state.row.numel() else list(range(slots))
         admit(free)
         live = state.row >= 0
         if not live.any():
@@ -243,8 +241,8 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, slot
         columns[:, at] = 1  # free slots attend to their own pad token: no row is all-masked
         out = model(input_ids=state.token.unsqueeze(-1), attention_mask=columns[:, :at + 1],
                     position_ids=state.position.unsqueeze(-1), cache=cache, use_cache=True, logits_to_keep=1)
-        busy = (state.row >= 0).nonzero().squeeze(-1).tolist()
-        rows = [int(state.row[s]) for s in busy]
+        busy = (state.row >= 0).nonzero().flatten().tolist()
+        rows = state.row[busy].tolist()
         tokens = draw(out.logits[busy, -1], rows)
         del out
         for slot, row, token in zip(busy, rows, tokens.tolist()):
