@@ -288,3 +288,56 @@ def test_continuous_batching_refuses_image_prompts(tmp_path):
     cfg = ppo.PPOConfig(model="smollm2-135m", modality="image", out_dir=str(tmp_path), continuous_batching=True)
     with pytest.raises(UserError, match="continuous_batching samples text prompts only"):
         cfg.validate()
+
+
+def _two_steps(tiny_llava_dir, tmp_path, offload):
+    """Adapter weights after two PPO steps of two epochs each on the tiny LLaVA (text prompts), and
+    the moments' sizes when each policy pass began (single numbers, the value head's bias, stay)."""
+    from unsafe_concepts.train.data import TrainItem
+
+    items = [TrainItem(id=str(i), prompt=f"Is thing {i} safe?" + " Answer." * i, image=None,
+                       label=("safe", "unsafe")[i % 2], concept="x", category="Safe") for i in range(4)]
+    cfg = ppo.PPOConfig(model=f"hf:{tiny_llava_dir}", modality="text", out_dir=str(tmp_path),
+                        **{**TINY, "rollout_batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 2,
+                           "offload_optimizer_state": offload})
+    trainer = ppo.PPOTrainer(cfg, items, judge=load_judge("rule"), quiet=True)
+    seen = []
+    policy_pass = trainer._policy_pass
+
+    def recording_pass(*args, **kwargs):
+        seen.append(sorted({st["exp_avg"].numel() for st in trainer.optimizer.state.values()} - {1}))
+        return policy_pass(*args, **kwargs)
+
+    trainer._policy_pass = recording_pass
+    for step in range(2):
+        trainer.train_step(trainer.batch_for_step(step))
+        trainer.step += 1
+        assert not trainer.optimizer_state.parked and not list(tmp_path.glob(".optimizer-state*"))
+    return _adapter_state(trainer.model), seen, trainer
+
+
+def test_moments_wait_on_disk_through_rollout_and_passes_with_the_same_training(tiny_llava_dir, tmp_path):
+    """``offload_optimizer_state``: AdamW's moments are on disk (empty in memory) whenever a pass
+    runs once they exist, back for every optimiser step, and whole between steps; the weights after
+    two steps of two epochs and two mini-batches each are exactly those without it."""
+    on, seen_on, trainer = _two_steps(tiny_llava_dir, tmp_path / "on", True)
+    off, seen_off, _ = _two_steps(tiny_llava_dir, tmp_path / "off", False)
+    assert seen_on[0] == [] and all(sizes == [0] for sizes in seen_on[1:])  # no state before the first step
+    assert len(seen_off) == 8 and all(sizes and 0 not in sizes for sizes in seen_off[1:])
+    assert on.keys() == off.keys() and all(torch.equal(on[k], off[k]) for k in on)
+    assert all(st["exp_avg"].numel() for st in trainer.optimizer.state.values())  # whole for a checkpoint
+
+
+def test_moments_come_back_after_an_error_inside_a_step(tiny_llava_dir, tmp_path):
+    """An error in the middle of a step (here the judge) leaves the optimiser's state whole, for the
+    checkpoint written on the way out, and no file behind."""
+    _, _, trainer = _two_steps(tiny_llava_dir, tmp_path, True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("judge down")
+
+    trainer.score = broken
+    with pytest.raises(RuntimeError, match="judge down"):
+        trainer.train_step(trainer.batch_for_step(2))
+    assert not trainer.optimizer_state.parked and not list(tmp_path.glob(".optimizer-state*"))
+    assert all(st["exp_avg"].numel() for st in trainer.optimizer.state.values())

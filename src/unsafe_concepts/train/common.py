@@ -161,49 +161,75 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
+class OptimizerStateOnDisk:
+    """The optimiser's CPU state tensors (AdamW's moments) wait in the safetensors file ``path`` from
+    :meth:`park` to :meth:`restore`, their memory freed meanwhile; :meth:`restore` reads them back
+    exactly, into one flat buffer (views), and removes the file. Both are no-ops when there is
+    nothing to do (disabled, no state yet, already parked or already back).
+
+    Why: only the optimiser step reads them. PPO parks them from the start of a rollout until its
+    update's optimiser step: sampling (KV cache) and the value and policy passes (activations) then
+    have their room (SmolLM2 at LoRA r=128, two adapters: 596 MiB). Writing and reading them back
+    takes about 0.6 s here. The file is read straight into the buffer: ``safe_open`` would map it,
+    and its mapped pages count as the process's memory until it is closed (measured: +450 MiB at
+    the restore)."""
+
+    def __init__(self, optimizer, path: Path, *, enabled: bool = True):
+        self.optimizer, self.path, self.enabled = optimizer, Path(path), enabled
+        self._parked: dict | None = None  # key -> (tensor, shape, dtype) while on disk
+
+    @property
+    def parked(self) -> bool:
+        return self._parked is not None
+
+    def park(self) -> None:
+        import torch
+
+        if not self.enabled or self._parked is not None:
+            return
+        tensors = {f"{i}.{key}": value for i, state in enumerate(self.optimizer.state.values())
+                   for key, value in state.items()
+                   if torch.is_tensor(value) and value.device.type == "cpu" and value.numel() > 1}
+        if not tensors:
+            return
+        from safetensors.torch import save_file
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(self.path))
+        self._parked = {k: (v, v.shape, v.dtype) for k, v in tensors.items()}
+        for value in tensors.values():
+            value.data = value.data.new_empty(0)
+        trim_heap()
+
+    def restore(self) -> None:
+        if self._parked is None:
+            return
+        trim_heap()  # what was freed meanwhile (a KV cache) leaves before the state comes back, not after
+        _read_back(self.path, self._parked)
+        self._parked = None
+        self.path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def optimizer_state_on_disk(optimizer, path: Path, *, enabled: bool = True):
-    """Inside: the optimiser's CPU state tensors (AdamW's moments) wait in the safetensors file ``path``
-    and their memory is freed; on exit (also after an error) they are read back exactly, into one
-    flat buffer (views), and the file is removed.
-
-    Why: sampling needs none of them, and they are the largest idle tensors then (SmolLM2 at LoRA
-    r=128, two adapters: 596 MiB) while the KV cache is at its largest. Writing and reading them
-    back takes about 0.6 s here. The file is read straight into the buffer: ``safe_open`` would map
-    it, and its mapped pages count as the process's memory until it is closed (measured: +450 MiB
-    at the restore). One flat buffer also keeps the moments out of the heap the passes use."""
-    import torch
-
-    tensors = {f"{i}.{key}": value for i, state in enumerate(optimizer.state.values()) if enabled
-               for key, value in state.items()
-               if torch.is_tensor(value) and value.device.type == "cpu" and value.numel() > 1}
-    if not tensors:
-        yield
-        return
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path))
-    shapes = {k: (v.shape, v.dtype) for k, v in tensors.items()}
-    for value in tensors.values():
-        value.data = value.data.new_empty(0)
-    trim_heap()
+    """Inside: the optimiser's state waits on disk (:class:`OptimizerStateOnDisk`); on exit (also
+    after an error) it is back, exactly."""
+    state = OptimizerStateOnDisk(optimizer, path, enabled=enabled)
+    state.park()
     try:
-        yield
+        yield state
     finally:
-        trim_heap()  # what was freed inside (a KV cache) leaves before the state comes back, not after
-        _read_back(path, tensors, shapes)
-        path.unlink(missing_ok=True)
+        state.restore()
 
 
-def _read_back(path: Path, tensors: dict, shapes: dict) -> None:
-    """Fill ``tensors`` from the safetensors file written by :func:`optimizer_state_on_disk`: its
-    header (JSON) gives each tensor's byte range, read with ``readinto`` into views of one buffer,
-    wider elements first so that every view is aligned."""
+def _read_back(path: Path, parked: dict) -> None:
+    """Refill the tensors of ``parked`` (key -> (tensor, shape, dtype)) from the safetensors file
+    :class:`OptimizerStateOnDisk` wrote: its header (JSON) gives each tensor's byte range, read with
+    ``readinto`` into views of one buffer, wider elements first so that every view is aligned."""
     import torch
 
-    order = sorted(tensors, key=lambda k: -shapes[k][1].itemsize)
-    sizes = {k: math.prod(shapes[k][0]) * shapes[k][1].itemsize for k in order}
+    order = sorted(parked, key=lambda k: -parked[k][2].itemsize)
+    sizes = {k: math.prod(parked[k][1]) * parked[k][2].itemsize for k in order}
     flat = torch.empty(sum(sizes.values()), dtype=torch.uint8)
     raw = flat.numpy()
     with open(path, "rb") as f:
@@ -221,8 +247,8 @@ def _read_back(path: Path, tensors: dict, shapes: dict) -> None:
                 if not n:
                     raise RuntimeError(f"{path}: ends inside {key}")
                 view = view[n:]
-            shape, dtype = shapes[key]
-            tensors[key].data = flat[offset:offset + sizes[key]].view(dtype).view(shape)
+            tensor, shape, dtype = parked[key]
+            tensor.data = flat[offset:offset + sizes[key]].view(dtype).view(shape)
             offset += sizes[key]
 
 

@@ -109,8 +109,9 @@ class PPOConfig(common.TrainConfig):
     # answers are those of one-at-a-time sampling. None: on wherever cpu_decoding is, for text
     # prompts of a full-attention model (image prompts always take generate())
     continuous_batching: bool | None = None
-    # while sampling, AdamW's moments wait in a safetensors file in out_dir (596 MiB for SmolLM2 at
-    # r=128; written and read back exactly in ~0.6 s), so the KV cache can take their room. None: on a CPU
+    # from each rollout until the update's optimiser step, AdamW's moments wait in a safetensors file
+    # in out_dir (596 MiB for SmolLM2 at r=128; written and read back exactly in ~0.6 s), so the KV
+    # cache and the passes' activations can take their room. None: on a CPU
     offload_optimizer_state: bool | None = None
     # answer tokens per chunk of the log-softmax over the vocabulary: about 5 float32 tensors of
     # chunk x vocabulary live at once (64 x 49k: 63 MB for SmolLM2; 512 would be 500 MB)
@@ -576,6 +577,11 @@ class PPOTrainer:
         self.params = self.trainable + list(self.value_head.parameters())
         self.dist.broadcast_parameters(self.params)  # identical starting weights on every process
         self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        # AdamW's moments wait on disk from each rollout until the update's optimiser step
+        self.optimizer_state = common.OptimizerStateOnDisk(
+            self.optimizer, self.out / f".optimizer-state-rank{self.dist.rank}.safetensors",
+            enabled=(config.offload_optimizer_state if config.offload_optimizer_state is not None
+                     else self.device.type == "cpu"))
         self.steps_per_epoch = max(1, math.ceil(len(items) / config.rollout_batch_size))
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         minibatches = math.ceil(min(config.rollout_batch_size, len(items)) / config.mini_batch_size)
@@ -788,11 +794,8 @@ class PPOTrainer:
                                       max_prompt_len=cfg.max_prompt_len)
         query = {k: v.to(self.device) for k, v in query.items()}
         t0 = time.perf_counter()
-        offload = (cfg.offload_optimizer_state if cfg.offload_optimizer_state is not None
-                   else self.device.type == "cpu")
-        with common.optimizer_state_on_disk(self.optimizer, self.out / f".optimizer-state-rank{self.dist.rank}"
-                                            ".safetensors", enabled=offload):
-            responses, sampled_logp = self.generate(query, first_index=self.dist.rank)
+        self.optimizer_state.park()  # back for the update's optimiser step (or at the end of the step)
+        responses, sampled_logp = self.generate(query, first_index=self.dist.rank)
         self.timings["sample_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         mask = response_mask(responses, self.eos_ids)
@@ -865,21 +868,24 @@ class PPOTrainer:
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1_000_003 + self.step * 10_007 + 7 + self.dist.rank)
         batch = self.local_share(batch)
-        ro = self.rollout(batch)
-        t_rollout = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        terminal, scores, raw, verdicts = self.score(batch, ro)
-        t_judge = time.perf_counter() - t1
-        labels = [it.label for it in batch]
-        rewards, kl = per_token_rewards(terminal, ro.logp, ro.ref_logp, ro.mask, cfg.kl_coef, cfg.kl_estimator)
-        if cfg.whiten_rewards:
-            rewards = self._masked_whiten(rewards, ro.mask, shift_mean=False)
-        else:
-            rewards = rewards * cfg.reward_scale
+        try:
+            ro = self.rollout(batch)
+            t_rollout = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            terminal, scores, raw, verdicts = self.score(batch, ro)
+            t_judge = time.perf_counter() - t1
+            labels = [it.label for it in batch]
+            rewards, kl = per_token_rewards(terminal, ro.logp, ro.ref_logp, ro.mask, cfg.kl_coef, cfg.kl_estimator)
+            if cfg.whiten_rewards:
+                rewards = self._masked_whiten(rewards, ro.mask, shift_mean=False)
+            else:
+                rewards = rewards * cfg.reward_scale
 
-        t1 = time.perf_counter()
-        stats = self.update(ro, rewards)
-        t_update = time.perf_counter() - t1
+            t1 = time.perf_counter()
+            stats = self.update(ro, rewards)
+            t_update = time.perf_counter() - t1
+        finally:  # the optimiser's state is whole between steps (checkpoints), also after an error
+            self.optimizer_state.restore()
         n = len(batch)
         lengths = ro.mask.sum(1).float()
         metrics = {
@@ -942,6 +948,7 @@ class PPOTrainer:
                 idx = order[start:start + local_mini]
                 n_tokens = self.dist.sum(ro.mask[idx].sum().float()).clamp(min=1)
                 common.zero_gradients(self.optimizer, flat)
+                self.optimizer_state.park()  # the passes' activations take its room
                 stats: dict[str, float] = {}
                 if cfg.value_model == "shared":
                     self._shared_pass(ro, idx, n_tokens, advantages, returns, stats)
@@ -955,6 +962,7 @@ class PPOTrainer:
                     self._policy_pass(ro, idx, n_tokens, advantages, stats)
                 self.dist.sum_gradients(self.params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer_state.restore()
                 self.optimizer.step()
                 common.zero_gradients(self.optimizer, flat)
                 self.scheduler.step()
