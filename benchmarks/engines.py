@@ -16,11 +16,11 @@ The llama.cpp paths need llama-cpp-python, the ``[llamacpp]`` extra (it compiles
 minutes on 2 idle cores); ``--install`` installs it into this environment first, and without it the
 paths are skipped and said so. Paths run chunk by chunk, interleaved (alternating which goes first), so that
 every path sees the same background load. Prints tokens/s of each, ``hf_speedup: X`` (hf batched over
-hf one-at-a-time) and ``vs_llamacpp: X`` (the project's fastest path over the faster of llama.cpp's two
-one-at-a-time paths).
+hf one-at-a-time), ``vs_llamacpp: X`` (the project's fastest path over the faster of llama.cpp's two
+one-at-a-time paths) and ``hf_vs_llamacpp: X`` (the offline default, ``hf:`` batched, over the same).
 
     .venv/bin/python benchmarks/engines.py --install             # a fresh clone: the [llamacpp] extra first
-    .venv/bin/python benchmarks/engines.py                       # 16 prompts, 64 new tokens, batch 16
+    .venv/bin/python benchmarks/engines.py                       # 32 prompts, 64 new tokens, the default batch (32)
     .venv/bin/python benchmarks/engines.py --n 32 --max-new-tokens 64 --threads 2
 """
 from __future__ import annotations
@@ -84,8 +84,9 @@ def main(argv=None) -> None:
     from unsafe_concepts.models.registry import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=16, help="prompts (a multiple of the batch size is fairest)")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--n", type=int, default=32, help="prompts (a multiple of the batch size is fairest)")
+    ap.add_argument("--batch-size", type=int,
+                    help="rows per batch of the batched paths (default: the hf: backend's own: 32 on a CPU)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2, help="threads of every engine (torch and llama.cpp)")
     ap.add_argument("--skip", default="",
@@ -101,6 +102,7 @@ def main(argv=None) -> None:
     queries = text_only_queries(args.n)
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False)
     hf = load_model("smollm2-135m")
+    args.batch_size = args.batch_size or hf.batch_size
     paths = {}
     if "hf1" not in skip:
         paths["hf one-at-a-time"] = ("hf", 1, "")
@@ -179,6 +181,8 @@ def main(argv=None) -> None:
         print(f"fastest project path: {best} ({tps[best]:.1f} tokens/s)")
         print(f"fastest llama.cpp one-at-a-time: {baseline} ({tps[baseline]:.1f} tokens/s)")
         print(f"vs_llamacpp: {tps[best] / tps[baseline]:.2f}")
+        if batched_hf in tps:  # the offline default itself (no compiled extra) against the same baseline
+            print(f"hf_vs_llamacpp: {tps[batched_hf] / tps[baseline]:.2f}")
     else:
         print("vs_llamacpp: n/a (llama-cpp-python not installed, or its paths skipped)")
     for engine in engines.values():

@@ -4,7 +4,10 @@ Same model, same queries, same greedy decoding and token budget in both paths; t
 is the batching. Prints responses/s and generated tokens/s of each path; the last line reads
 ``speedup: X.XX`` (batched responses/s over one-at-a-time responses/s).
 
-    .venv/bin/python benchmarks/throughput.py --model smollm2-135m --batch-size 16 --n 32 --max-new-tokens 64
+    .venv/bin/python benchmarks/throughput.py --model smollm2-135m --n 32 --max-new-tokens 64 [--batch-size 16]
+
+Without ``--batch-size`` the batched path uses the backend's own default (what an evaluation without
+``--batch-size`` uses: 32 rows for SmolLM2 on a CPU).
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, help="rows per batch (default: the backend's own default)")
     ap.add_argument("--n", type=int, default=32, help="queries (a multiple of the batch size is fairest)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
@@ -57,6 +60,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
 
     backend = load_model(args.model, dtype=args.dtype)
+    args.batch_size = args.batch_size or backend.batch_size
     queries = text_only_queries(args.n)
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False)
     print(f"model {args.model} | {args.n} text-only alignment queries | greedy, max_new_tokens "

@@ -176,7 +176,9 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split", choices=["all", "train", "test"], default="all", help="which split of the dataset to ask")
     g.add_argument("--limit", type=positive_int,
                    help="ask N items, spread over concepts (seeded), so runs in both modalities share concepts")
-    g.add_argument("--batch-size", type=positive_int, default=8, help="queries per model call (hf: models)")
+    g.add_argument("--batch-size", type=positive_int,
+                   help="queries per model call (hf: and llamacpp: models; default: the backend's own, for hf: "
+                        "16 on a GPU and up to 32 on a CPU, as the KV cache allows)")
     g.add_argument("--prompts", help="comma-separated alignment prompt indices 0-4 (default: all five)")
     g.add_argument("--pairing", choices=["reference", "all", "seeded"], default="reference",
                    help="unsafeconcepts_test, smid, nsfw: one prompt per image as the reference code draws it "
@@ -379,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairing", choices=["reference", "all", "seeded"], default="reference",
                    help="prompts per image for UnsafeConcepts_TEST, SMID, NSFW (see evaluate --help)")
     p.add_argument("--limit", type=positive_int, help="queries per set, spread over concepts (seeded)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="queries per model call (hf: models)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="queries per model call (hf: models; default: the backend's own, see evaluate --help)")
     p.set_defaults(func=_handler("unsafe_concepts.train.posteval:cli_posteval"))
 
     # adversarial robustness (docs/adversarial.md)

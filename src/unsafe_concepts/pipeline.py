@@ -49,7 +49,7 @@ def run_demo(out: str | Path, *, limit: int | None = None, judge_name: str | Non
         if model not in backends:
             backends[model] = load_model(model)
         run_dir = out / "runs" / f"{model}-{task}"
-        config = RunConfig(model=model, task=task, data="sample", limit=limit or n, batch_size=16,
+        config = RunConfig(model=model, task=task, data="sample", limit=limit or n,
                            prompts=parse_prompts(None), judge=judge_name,
                            generation={"max_new_tokens": DEMO_MAX_NEW_TOKENS, "temperature": 1.0, "top_p": 0.9,
                                        "do_sample": True, "seed": 0})

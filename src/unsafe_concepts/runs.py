@@ -69,7 +69,7 @@ class RunConfig:
     limit: int | None = None
     prompts: list[int] = field(default_factory=lambda: list(range(len(protocol_prompts.ALIGNMENT_PROMPTS))))
     pairing: str = "reference"
-    batch_size: int = 8
+    batch_size: int | None = None  # queries per model call; None: the backend's own (hf: up to 32 on a CPU)
     judge: str | None = None  # None: the default judge; "none": do not score
     llava_judge: str | None = None
     base_url: str | None = None
@@ -91,7 +91,7 @@ class RunConfig:
 
     def validate(self) -> None:
         g = self.generation
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise UserError("--batch-size must be at least 1")
         if self.concurrency < 1:
             raise UserError("--concurrency must be at least 1")
@@ -615,7 +615,7 @@ def load_backend(config: RunConfig):
                       dtype=config.dtype, device=config.device, concurrency=config.concurrency,
                       timeout=config.timeout, device_map=config.device_map,
                       text_only=config.text_only, trust_remote_code=config.trust_remote_code,
-                      prompt_format=config.prompt_format)
+                      prompt_format=config.prompt_format, batch_size=config.batch_size)
 
 
 def quiet_loading() -> None:
@@ -656,7 +656,7 @@ def _ask(config, task, todo, store, backend, gen, quiet, *, total: int, done: in
 
     backend.progress = tick
     # A server backend keeps `concurrency` requests in flight only if it is handed that many at once.
-    step = max(config.batch_size, getattr(backend, "concurrency", 1))
+    step = max(config.batch_size or getattr(backend, "batch_size", 8), getattr(backend, "concurrency", 1))
     try:
         for start in range(0, len(todo), step):
             batch = todo[start:start + step]

@@ -200,3 +200,26 @@ def test_trainable_adapter_and_bad_adapter_folder(llava_dir, adapter_dir, tmp_pa
     assert any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
     with pytest.raises(UserError, match="adapter_config.json"):
         load_hf_model(f"hf:{llava_dir}", adapter=str(tmp_path))
+
+
+def test_default_batch_size_follows_the_kv_cache_on_a_cpu(smol):
+    """No --batch-size: 16 rows on a GPU; on a CPU as many as 1,024 positions of KV cache fit in
+    2 GiB, at most 32. Real configs: the offline SmolLM2 (30 layers, 3 KV heads of 64) gets 32;
+    LLaVA-1.5-7B's language model (Vicuna-7B: 32 layers, 32 heads of 128, values from its published
+    config.json) gets 2 in float32 and 4 in bfloat16; a Qwen2-VL config is read through its text part."""
+    from transformers import LlamaConfig, LlavaConfig, Qwen2VLConfig
+
+    from unsafe_concepts.models.hf import default_batch_size
+
+    assert smol.batch_size == 32 and smol.describe()["batch_size"] == 32
+    vicuna = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=32, vocab_size=32000)
+    llava7b = LlavaConfig(text_config=vicuna.to_dict())
+    assert default_batch_size(llava7b, torch.float32, "cpu") == 2
+    assert default_batch_size(llava7b, torch.bfloat16, "cpu") == 4
+    assert default_batch_size(llava7b, torch.float16, "cuda:0") == 16
+    qwen = Qwen2VLConfig(text_config={"hidden_size": 1536, "num_hidden_layers": 28, "num_attention_heads": 12,
+                                      "num_key_value_heads": 2})
+    per_row = 1024 * 28 * 2 * 2 * 128 * 4
+    assert default_batch_size(qwen, torch.float32, "cpu") == min(32, (2 << 30) // per_row)
+    assert load_model("smollm2-135m", batch_size=5).batch_size == 5  # --batch-size reaches the backend

@@ -30,13 +30,15 @@ def load_model(
     prompt_format: str | None = None,
     timeout: float | None = None,
     device_map: str | None = None,
+    batch_size: int | None = None,
 ) -> ModelBackend:
     """The backend a model spec names. Unknown specs raise a UserError listing the valid forms.
 
     ``trust_remote_code`` (off by default) lets an ``hf:`` model run the Python code its folder
     ships; ``prompt_format`` picks how ``hf:`` prompts are wrapped (``models.inputs.PROMPT_FORMATS``).
     ``timeout`` is the per-request timeout of ``openai:`` models in seconds (None: the backend's
-    default); ``device_map`` (e.g. "auto") spreads an ``hf:`` model over several GPUs."""
+    default); ``device_map`` (e.g. "auto") spreads an ``hf:`` model over several GPUs. ``batch_size``:
+    queries per model call of ``hf:`` and ``llamacpp:`` models (None: the backend's own default)."""
     spec = (spec or "").strip()
     if spec.startswith("openai:"):
         if adapter:
@@ -62,13 +64,13 @@ def load_model(
                             "hf: models only (a llamacpp: model is a GGUF file with its own chat template)")
         from unsafe_concepts.models.llamacpp import LlamaCppBackend  # lazy: llama-cpp-python only when needed
 
-        return LlamaCppBackend(spec)
+        return LlamaCppBackend(spec, **({"batch_size": batch_size} if batch_size else {}))
     if spec.startswith("hf:") or spec in OFFLINE_ALIASES:
         from unsafe_concepts.models.hf import HFBackend  # lazy: torch/transformers only when needed
 
         backend = HFBackend(spec, adapter=adapter, dtype=dtype, device=device,
                             trust_remote_code=trust_remote_code, prompt_format=prompt_format,
-                            device_map=device_map)
+                            device_map=device_map, batch_size=batch_size)
         if text_only:
             backend.supports_images = False
         return backend

@@ -47,7 +47,7 @@ class PostEvalConfig:
     top_p: float = 0.9
     greedy: bool = True
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the backend's own
     limit: int | None = None  # queries per set, spread over concepts/categories (the runner's --limit)
     pairing: str = "reference"
     dtype: str | None = None
