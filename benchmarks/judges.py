@@ -1,7 +1,9 @@
 """Judge speed on 2,000 real LLaVA-1.5-7B answers of the reference (UnsafeConcepts_TEST, NSFW, SMID, context).
 
-Prints ``rule_per_s:`` and ``classifier_per_s:`` (the judges as shipped), ``ensemble_per_s:`` (rule-first
-combination) and ``classifier_int8_per_s:`` (dynamic int8, off by default: it changes held-out verdicts),
+Prints ``rule_per_s:`` and ``classifier_per_s:`` (the judges as shipped: on a CPU with bf16 units the
+classifier reads in bf16 and re-reads close calls in float32; ``classifier_fp32_per_s:`` is float32 alone,
+with the verdicts that differ), ``ensemble_per_s:`` (rule-first combination) and
+``classifier_int8_per_s:`` (dynamic int8, off by default: it changes held-out verdicts),
 and, measured side by side in the same run, the rule and classifier judges as they were before the speed
 work (their source is read from git history, commit OLD_COMMIT), so that the ratios hold on a loaded
 machine too. Also prints how many verdicts each fast path changes, and the load average (``uptime``'s
@@ -144,12 +146,24 @@ def main() -> None:
         return
 
     directory = ensure_default_judge()
+    from unsafe_concepts.judges.classifier import bf16_is_fast
+
+    print(f"cpu_bf16_units: {bf16_is_fast()} (AMX tiles or AVX-512 BF16: the classifier's auto precision reads in bf16)")
     fast = ClassifierJudge.load(directory)
     cls_s, fast_v = per_second(fast.judge, items)
-    print(f"classifier_per_s: {cls_s:.1f} (int8: {fast.int8})")
+    print(f"classifier_per_s: {cls_s:.1f} (precision: {fast.precision}; re-read in float32: {fast.n_rechecked} "
+          f"of {fast.n_read} distinct answers)")
     # CPU-seconds summed over torch's threads (spin-waiting included): a free machine with that many cores
     # gives between this and threads x this
     print(f"classifier_per_cpu_s: {CPU_RATES[id(fast)]:.1f}")
+    if fast.precision != "float32":  # the same judge reading everything in float32, side by side
+        exact = ClassifierJudge.load(directory, precision="float32")
+        exact_s, exact_v = per_second(exact.judge, items)
+        print(f"classifier_fp32_per_s: {exact_s:.1f}")
+        print(f"classifier_vs_fp32_changed: {changed(fast_v, exact_v)}")
+        print("classifier_vs_fp32_max_prob_diff: "
+              f"{max(max(abs(a.probs[k] - b.probs[k]) for k in a.probs) for a, b in zip(fast_v, exact_v)):.4f}")
+        print(f"classifier_speedup_vs_fp32: {cls_s / exact_s:.2f}")
     old_cls = old_module("src/unsafe_concepts/judges/classifier.py", "classifier_old")
     if old_cls is not None:
         sub = items[: args.n_old]

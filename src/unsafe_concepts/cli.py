@@ -183,7 +183,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pairing", choices=["reference", "all", "seeded"], default="reference",
                    help="unsafeconcepts_test, smid, nsfw: one prompt per image as the reference code draws it "
                    "(numpy seed 42), all selected prompts per image, or one seeded random prompt")
-    g.add_argument("--judge", help="response judge (rule, classifier[:DIR], roberta-ref, llm:<spec>) or 'none' "
+    g.add_argument("--judge", help="response judge (rule, classifier[:DIR], classifier-fp32, ensemble, roberta-ref, llm:<spec>) or 'none' "
                    "to only collect answers; default: the default judge, classifier")
     g.add_argument("--llava-judge", help="model spec reviewing LLaVA-Bench answers (e.g. openai:gpt-4o)")
     g.add_argument("--scoring", choices=["generate", "logprob"], default="generate",
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     jsub = p.add_subparsers(dest="judge_command", metavar="ACTION", required=True)
     q = jsub.add_parser("apply", help="add a verdict to every row of a JSONL file (rows need task, prompt, response)",
                         epilog=EXAMPLES["judge apply"])
-    q.add_argument("--judge", help="rule, classifier[:DIR], roberta-ref[:PATH], llm:<model spec>; "
+    q.add_argument("--judge", help="rule, classifier[:DIR], classifier-fp32[:DIR], ensemble[:DIR], roberta-ref[:PATH], llm:<model spec>; "
                    "default: the default judge, classifier")
     q.add_argument("--input", required=True, help="JSONL file of rows to judge (e.g. a run's responses.jsonl)")
     q.add_argument("--out", required=True, help="JSONL file to write the judged rows to")

@@ -63,7 +63,7 @@ def test_batching_reads_each_distinct_answer_once_and_changes_no_probability(sma
     """Length-sorted batches under a token budget, duplicates read once: the same probabilities as one
     answer at a time (float noise from padding aside)."""
     out, picked = small_judge
-    judge = ClassifierJudge.load(out)
+    judge = ClassifierJudge.load(out, precision="float32")  # bf16 (next tests) moves probabilities by ~1e-2
     items = [JudgeItem(r["task"], r["prompt"], r["response"]) for r in picked]
     items += items[:5]  # repeated answers, as models give them
     batches = []
@@ -139,5 +139,62 @@ def test_ensemble_takes_the_rules_opening_yes_no_and_the_classifier_elsewhere():
     assert got[0].label == "safe" and got[0].probs is None and got[0].reason == "rule: opening yes/no"
     assert 0 < got[0].confidence <= 1
     for g, r in zip(got[1:], ref[1:]):  # the classifier's verdicts, probabilities and all
-        assert g.label == r.label and g.probs == pytest.approx(r.probs, abs=1e-5)  # batch padding: float noise
+        assert g.label == r.label and g.probs == pytest.approx(r.probs, abs=2e-2)  # other batches: bf16 noise
     assert ensemble.describe()["n_rule"] == 1 and ensemble.describe()["n_classifier"] == 2
+
+
+def test_bfloat16_reads_give_the_float32_verdicts_and_close_calls_are_reread_in_float32(corpus):
+    """The default judge in bf16 (re-reading close calls in float32) against float32 alone on the held-out
+    split: the same verdicts; probabilities within the measured bf16 error; a re-read answer gets exactly
+    float32's probabilities. On a CPU without bf16 units bf16 is emulated (slow), so a subset is read there."""
+    from unsafe_concepts.judges.classifier import _margin, bf16_is_fast, ensure_default_judge
+
+    directory = ensure_default_judge(quiet=True)
+    test = [r for r in corpus if r["split"] == "test"]
+    if not bf16_is_fast():
+        test = test[:40] + [r for r in test if r["task"].startswith("perception")][:20]
+    items = [JudgeItem(r["task"], r["prompt"], r["response"]) for r in test]
+    exact = ClassifierJudge.load(directory, precision="float32")
+    assert exact.precision == "float32" and exact.fast_model is None
+    want = exact.judge(items)
+
+    fast = ClassifierJudge.load(directory, precision="bfloat16")
+    fast.check_margin = 0.0  # bf16 alone: its own error, no re-reading
+    alone = fast.judge(items)
+    assert fast.n_rechecked == 0 and fast.n_read == len({(i.task, i.prompt, i.response) for i in items})
+    diffs = [max(abs(a.probs[k] - b.probs[k]) for k in a.probs) for a, b in zip(alone, want)]
+    assert 0 < max(diffs) < 0.05  # bf16 did run (not float32 again), and stays close
+    assert [v.label for v in alone] == [v.label for v in want]
+
+    fast.check_margin = 1.01  # every answer is a close call: all re-read, exactly float32's probabilities
+    fast.n_read = 0
+    reread = fast.judge(items)
+    assert fast.n_rechecked == fast.n_read
+    for a, b in zip(reread, want):
+        assert a.label == b.label and a.probs == pytest.approx(b.probs, abs=1e-6)
+
+    fast.check_margin, fast.n_read, fast.n_rechecked = 0.1, 0, 0  # the default: only the close calls
+    got = fast.judge(items)
+    close = sum(_margin(v.probs) < 0.1 for v in alone)
+    assert fast.n_rechecked >= close - 1  # (duplicates are read once)
+    assert [v.label for v in got] == [v.label for v in want]
+    info = fast.describe()
+    assert info["precision"] == "bfloat16" and info["n_rechecked_float32"] == fast.n_rechecked
+
+
+def test_auto_precision_follows_the_cpu_and_bad_precisions_are_refused(small_judge, monkeypatch):
+    from unsafe_concepts.judges import classifier
+
+    out, _ = small_judge
+    monkeypatch.setattr(classifier, "bf16_is_fast", lambda: False)
+    assert ClassifierJudge.load(out).precision == "float32" and ClassifierJudge.load(out).fast_model is None
+    monkeypatch.setattr(classifier, "bf16_is_fast", lambda: True)
+    judge = ClassifierJudge.load(out)
+    assert judge.precision == "bfloat16"
+    assert next(judge.fast_model.parameters()).dtype.is_floating_point
+    assert str(next(judge.fast_model.parameters()).dtype) == "torch.bfloat16"
+    assert str(next(judge.model.parameters()).dtype) == "torch.float32"  # kept for the re-reads
+    assert load_judge(f"classifier-fp32:{out}").precision == "float32"
+    assert ClassifierJudge.load(out, int8=True).precision == "int8"
+    with pytest.raises(UserError, match="precision 'fp16'"):
+        ClassifierJudge.load(out, precision="fp16")

@@ -4,6 +4,8 @@
 - ``rule``: the careful rule reader (pure Python);
 - ``first-word``: the naive first-word baseline (for comparison only);
 - ``classifier``: the default fine-tuned MiniLM judge (trained once at setup); ``classifier:<dir>``: a given one;
+  on a CPU with bf16 units it reads in bfloat16 and re-reads close calls in float32 (the same verdicts);
+- ``classifier-fp32[:<dir>]``: the same judge reading every answer in float32 (exact probabilities everywhere);
 - ``ensemble[:<dir>]``: the rule's verdict where it reads an opening yes/no, the classifier elsewhere (faster);
 - ``roberta-ref[:<path or hub id>]``: the paper's published RoBERTa judges (state-dict checkpoints);
 - ``llm:<model spec>``: any model backend asked with a fixed rubric (e.g. ``llm:smollm2-135m``).
@@ -26,7 +28,7 @@ from unsafe_concepts.judges.base import (
 
 DEFAULT_JUDGE = "classifier"  # the one default of evaluate, judge apply, training rewards and the demo
 
-JUDGE_NAMES = ("rule", "first-word", "classifier", "classifier:<dir>", "ensemble[:<dir>]",
+JUDGE_NAMES = ("rule", "first-word", "classifier", "classifier:<dir>", "classifier-fp32[:<dir>]", "ensemble[:<dir>]",
                "roberta-ref[:<path or hub id>]", "llm:<model spec>")
 
 
@@ -46,6 +48,10 @@ def load_judge(name: str | None = None) -> Judge:
         from unsafe_concepts.judges.classifier import ClassifierJudge, ensure_default_judge
 
         return ClassifierJudge.load(arg or ensure_default_judge())
+    if kind == "classifier-fp32":
+        from unsafe_concepts.judges.classifier import ClassifierJudge, ensure_default_judge
+
+        return ClassifierJudge.load(arg or ensure_default_judge(), precision="float32")
     if kind == "ensemble":
         from unsafe_concepts.judges.classifier import ClassifierJudge, ensure_default_judge
         from unsafe_concepts.judges.ensemble import EnsembleJudge

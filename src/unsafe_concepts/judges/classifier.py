@@ -14,6 +14,7 @@ and ``judge.json`` (labels, base, training-data hash, held-out metrics, settings
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -198,6 +199,34 @@ def quantize_int8(model):
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+# bfloat16 precision: a verdict whose top two probabilities are closer than this is re-read in float32.
+# The largest bf16 - float32 probability difference measured on the 1,307 corpus answers is 0.016 (0.005 on
+# 2,000 real LLaVA answers), so a verdict flips only past a margin of ~0.03: 0.1 leaves a 3x reserve.
+CHECK_MARGIN = 0.1
+
+
+def bf16_is_fast() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX-512 BF16): there a bf16 matrix
+    product runs several times faster than a float32 one (about 2 against 0.2 TFLOP/s on 2 cores with AMX,
+    measured); elsewhere bf16 is emulated and slower, so ``auto`` stays in float32."""
+    cpu = getattr(torch, "cpu", None)
+    try:
+        return bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
+    except AttributeError:  # a torch without these probes
+        return False
+
+
+def _softmax(logits) -> list[float]:
+    return torch.softmax(logits.float(), dim=-1).tolist()
+
+
+def _margin(probs: dict[str, float]) -> float:
+    """The gap between the two most probable labels."""
+    top = sorted(probs.values(), reverse=True)
+    return top[0] - top[1]
+
+
 def _wants_token_types(encoder) -> bool:
     return getattr(encoder.config, "type_vocab_size", 0) and encoder.config.type_vocab_size > 1
 
@@ -207,7 +236,10 @@ def _wants_token_types(encoder) -> bool:
 class ClassifierJudge(Judge):
     name = "classifier"
 
-    def __init__(self, model, tokenizer, meta: dict, directory: Path, *, int8: bool = False):
+    def __init__(self, model, tokenizer, meta: dict, directory: Path, *, int8: bool = False,
+                 precision: str = "auto"):
+        if precision not in PRECISIONS:
+            raise UserError(f"classifier precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.model, self.tokenizer, self.meta, self.directory = model, tokenizer, meta, Path(directory)
         self.max_length = int(meta.get("max_length", MAX_LENGTH))
         self.rule_hint = bool(meta.get("rule_hint", False))
@@ -216,9 +248,17 @@ class ClassifierJudge(Judge):
         self.int8 = int8
         if int8:
             self.model = quantize_int8(self.model)
+            precision = "int8"
+        elif precision == "auto":
+            precision = "bfloat16" if bf16_is_fast() else "float32"
+        self.precision = precision
+        # bfloat16: a bf16 copy reads every answer first; the float32 model re-reads the close calls
+        self.fast_model = copy.deepcopy(self.model).to(torch.bfloat16) if precision == "bfloat16" else None
+        self.check_margin = CHECK_MARGIN
+        self.n_read = self.n_rechecked = 0
 
     @classmethod
-    def load(cls, directory: str | Path, *, int8: bool | None = None) -> "ClassifierJudge":
+    def load(cls, directory: str | Path, *, int8: bool | None = None, precision: str = "auto") -> "ClassifierJudge":
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -237,9 +277,10 @@ class ClassifierJudge(Judge):
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        # int8 by default where it was checked to give the same verdicts on the held-out split (judge.json)
-        int8 = bool(meta.get("int8_checked")) if int8 is None else int8
-        return cls(model, tokenizer, meta, directory, int8=int8)
+        if int8 is None:  # int8 by default where it was checked to give the same verdicts on the held-out split
+            # (judge.json), unless this CPU has bf16 units: checked bf16 is faster there and changes no verdict
+            int8 = bool(meta.get("int8_checked")) and precision == "auto" and not bf16_is_fast()
+        return cls(model, tokenizer, meta, directory, int8=int8, precision=precision)
 
     def logits(self, items: list[JudgeItem]):
         """Raw head logits per item (a list of 1-D tensors; length depends on the task type)."""
@@ -248,10 +289,11 @@ class ClassifierJudge(Judge):
     def _read(self, items: list[JudgeItem]) -> tuple[list, list[str]]:
         """(logits, rule readings) per item.
 
-        Identical items (same kind, prompt and response) are read once. All items are tokenized in one
-        call, then each task type's items are sorted by their token count and cut into batches of at most
-        ``batch_tokens`` tokens (padded width x rows; at most ``batch_size`` rows), so a batch pads
-        almost nothing and short answers go through in large batches. Inference mode throughout."""
+        Identical items (same kind, prompt and response) are read once. In ``bfloat16`` precision the bf16
+        copy reads every answer, and each answer whose top two verdict probabilities are closer than
+        ``check_margin`` is read again by the float32 model, whose logits replace the bf16 ones: bf16 moves
+        a probability by at most 0.016 on the judge corpus (measured, docs/judges.md), so a verdict the
+        float32 model would give differently is always among the re-read ones."""
         slot: dict[tuple, int] = {}
         unique: list[JudgeItem] = []
         owner = []
@@ -262,13 +304,30 @@ class ClassifierJudge(Judge):
                 unique.append(it)
             owner.append(slot[key])
         readings = [rule_reading(it) for it in unique]
-        logits: list = [None] * len(unique)
+        logits = self._forward(unique, readings, self.fast_model or self.model)
+        if self.fast_model is not None:
+            close = [i for i, it in enumerate(unique)
+                     if _margin(verdict_probs(item_kind(it), _softmax(logits[i]), readings[i])) < self.check_margin]
+            if close:
+                exact = self._forward([unique[i] for i in close], [readings[i] for i in close], self.model)
+                for i, row in zip(close, exact):
+                    logits[i] = row
+            self.n_rechecked += len(close)
+        self.n_read += len(unique)
+        return [logits[j] for j in owner], [readings[j] for j in owner]
+
+    def _forward(self, items: list[JudgeItem], readings: list[str], model) -> list:
+        """Float32 logits of each item through ``model``. All items are tokenized in one call, then each task
+        type's items are sorted by their token count and cut into batches of at most ``batch_tokens`` tokens
+        (padded width x rows; at most ``batch_size`` rows), so a batch pads almost nothing and short answers
+        go through in large batches. Inference mode throughout."""
+        logits: list = [None] * len(items)
         token_types = _wants_token_types(self.model.encoder)
         for kind in HEADS:
-            idx = [i for i, it in enumerate(unique) if item_kind(it) == kind]
+            idx = [i for i, it in enumerate(items) if item_kind(it) == kind]
             if not idx:
                 continue
-            pairs = encode_pairs(self.tokenizer, [unique[i] for i in idx], self.max_length, self.rule_hint,
+            pairs = encode_pairs(self.tokenizer, [items[i] for i in idx], self.max_length, self.rule_hint,
                                  [readings[i] for i in idx])
             order = sorted(range(len(idx)), key=lambda k: len(pairs[k][0]))
             start = 0
@@ -282,18 +341,18 @@ class ClassifierJudge(Judge):
                 if not token_types:
                     enc.pop("token_type_ids")
                 with torch.inference_mode():
-                    out = self.model(kind=kind, **enc)
+                    out = model(kind=kind, **enc).float()
                 for k, row in zip(chunk, out):
                     logits[idx[k]] = row
                 start = stop
-        return [logits[j] for j in owner], [readings[j] for j in owner]
+        return logits
 
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         verdicts = []
         all_logits, readings = self._read(items)
         for it, logits, reading in zip(items, all_logits, readings):
             kind = item_kind(it)
-            probs = verdict_probs(kind, torch.softmax(logits.float(), dim=-1).tolist(), reading)
+            probs = verdict_probs(kind, _softmax(logits), reading)
             best = max(probs, key=probs.get)
             why = "agrees with the rule reading" if best == reading else f"overrides the rule reading {reading!r}"
             verdicts.append(Verdict(label=best, confidence=probs[best], probs=probs,
@@ -302,8 +361,11 @@ class ClassifierJudge(Judge):
 
     def describe(self) -> dict:
         keys = ("base", "data_sha256", "corpus_sha256", "epochs", "seed", "metrics", "n_train")
-        return {"name": self.name, "kind": "classifier", "dir": str(self.directory),
-                **{k: self.meta.get(k) for k in keys if k in self.meta}}
+        out = {"name": self.name, "kind": "classifier", "dir": str(self.directory), "precision": self.precision,
+               **{k: self.meta.get(k) for k in keys if k in self.meta}}
+        if self.fast_model is not None:
+            out.update(check_margin=self.check_margin, n_read=self.n_read, n_rechecked_float32=self.n_rechecked)
+        return out
 
 
 # ----------------------------------------------------------------------------- training
@@ -458,7 +520,7 @@ def train_classifier(labelled_rows: list[dict], out_dir: str | Path, base: str |
     if test:
         from unsafe_concepts.judges.agreement import agreement_report
 
-        judge = ClassifierJudge(model, tokenizer, meta, out_dir)
+        judge = ClassifierJudge(model, tokenizer, meta, out_dir, precision="float32")
         verdicts = judge.judge([_row_item(r) for r in test])
         for kind, labels in HEADS.items():
             idx = [i for i, r in enumerate(test) if _row_kind(r) == kind]
