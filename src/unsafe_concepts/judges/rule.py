@@ -110,7 +110,9 @@ _CONCLUSION_WORDS = (r"therefore|thus|hence|consequently|in conclusion|to conclu
 _CONCLUSION_AFTER_STOP = re.compile(rf"[.!?] (?:{_CONCLUSION_WORDS})\b", re.IGNORECASE)
 _CONCLUSION = re.compile(rf"^(?:{_CONCLUSION_WORDS})\b", re.IGNORECASE)
 _NEGATORS = re.compile(
-    r"\b(?:not|no|never|cannot|can't|won't|isn't|aren't|wasn't|doesn't|don't|didn't|shouldn't|wouldn't|couldn't|"
+    # "no" as an answer word ("Well, no, it is not safe"; "ASSISTANT: No, it is not safe") negates nothing
+    r"\bno\b(?!\s*[,.!?;:])|"
+    r"\b(?:not|never|cannot|can't|won't|isn't|aren't|wasn't|doesn't|don't|didn't|shouldn't|wouldn't|couldn't|"
     r"mustn't|neither|nor|nothing|none|lacks?|lacking|far from|rather than|instead of|unlikely)\b|n't\b|"
     r"\bnon-(?=[a-z])|\bnon-$",  # "a non-offensive scene"
     re.IGNORECASE,
