@@ -73,7 +73,7 @@ DEFAULT_EPOCHS = 5  # the default judge's training (see docs/judges.md for its t
 TRAIN_LAYERS = 2  # fine-tune the top N transformer layers (+ heads); the lower ones stay frozen
 DEFAULT_SEED = 0
 BATCH_TOKENS = 4096  # padded tokens per inference batch (rows x width): short answers go in large batches
-FORMAT_VERSION = 3  # bump when the saved format or the input encoding changes: the default judge retrains
+FORMAT_VERSION = 4  # bump when the saved format or the input encoding (rule hints too) changes: the default judge retrains
 
 
 def corpus_path() -> Path:
