@@ -293,7 +293,7 @@ class ClassifierJudge(Judge):
         copy reads every answer, and each answer whose top two verdict probabilities are closer than
         ``check_margin`` is read again by the float32 model, whose logits replace the bf16 ones: bf16 moves
         a probability by at most 0.016 on the judge corpus (measured, docs/judges.md), so a verdict the
-        float32 model would give differently is always among the re-read ones."""
+        float32 model would give differently is among the re-read ones unless bf16 errs by three times that."""
         slot: dict[tuple, int] = {}
         unique: list[JudgeItem] = []
         owner = []
@@ -304,7 +304,7 @@ class ClassifierJudge(Judge):
                 unique.append(it)
             owner.append(slot[key])
         readings = [rule_reading(it) for it in unique]
-        logits = self._forward(unique, readings, self.fast_model or self.model)
+        logits = self._forward(unique, readings, self.model if self.fast_model is None else self.fast_model)
         if self.fast_model is not None:
             close = [i for i, it in enumerate(unique)
                      if _margin(verdict_probs(item_kind(it), _softmax(logits[i]), readings[i])) < self.check_margin]
