@@ -113,3 +113,17 @@ def test_f32_gguf_answers_as_the_hf_path():
     hf = load_model("smollm2-135m").generate(queries, GREEDY)
     assert all(g.error is None and g.text for g in batched + alone + hf)
     assert [g.text for g in batched] == [g.text for g in alone] == [g.text for g in hf]
+
+
+def test_extra_buffer_types_are_off_on_amx_cpus_and_the_default_params_come_back(engine):
+    """On a CPU with AMX, llama.cpp's extra buffer types (AMX weight repacking) crashed the process at the
+    first decode (llama-cpp-python 0.3.36 built with GGML_NATIVE, a 2-core AMX machine): the engine loads
+    without them there. The patched default-parameter function is put back after loading."""
+    import llama_cpp.llama_cpp as lib
+
+    assert engine.extra_buffers is (not llamacpp.cpu_has_amx())
+    assert engine.describe()["extra_buffers"] is engine.extra_buffers
+    assert lib.llama_model_default_params().use_extra_bufts is True  # llama.cpp's own default, restored
+    with llamacpp._model_params(use_extra_bufts=False):
+        assert lib.llama_model_default_params().use_extra_bufts is False
+    assert lib.llama_model_default_params().use_extra_bufts is True

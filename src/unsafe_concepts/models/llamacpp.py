@@ -17,6 +17,7 @@ temperature and top-p from a generator seeded per batch like the ``hf:`` backend
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import time
@@ -35,6 +36,37 @@ def available() -> bool:
 
 
 SMOLLM2_F32 = "smollm2-135m-f32"
+
+
+def cpu_has_amx() -> bool:
+    """Whether the CPU lists Intel AMX (``amx_tile`` in /proc/cpuinfo's flags); False where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_tile" in line for line in f)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _model_params(**fields):
+    """llama-cpp-python's ``Llama`` has no argument for some model parameters (``use_extra_bufts``): it
+    starts from ``llama_model_default_params()``, so that function hands out the changed fields while a
+    ``Llama`` is built."""
+    import llama_cpp.llama_cpp as lib
+
+    default = lib.llama_model_default_params
+
+    def changed():
+        params = default()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    lib.llama_model_default_params = changed
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = default
 
 
 def resolve_gguf(spec: str) -> tuple[Path, Path | None]:
@@ -58,7 +90,7 @@ class LlamaCppBackend(ModelBackend):
     supports_images = False
 
     def __init__(self, spec: str, *, batch_size: int = 16, n_threads: int | None = None,
-                 context_per_query: int = 1024):
+                 context_per_query: int = 1024, extra_buffers: bool | None = None):
         if not available():
             raise UserError("llamacpp: models need llama-cpp-python: pip install llama-cpp-python "
                             "(it compiles llama.cpp, several minutes)")
@@ -70,8 +102,13 @@ class LlamaCppBackend(ModelBackend):
         self.batch_size = max(1, int(batch_size))
         self.context_per_query = context_per_query
         self.n_threads = n_threads or min(os.cpu_count() or 1, 8)
-        self.llm = Llama(str(self.gguf), n_ctx=context_per_query, n_threads=self.n_threads,
-                         n_threads_batch=self.n_threads, verbose=False)
+        # llama.cpp's extra buffer types repack quantised weights for AMX on CPUs that have it; built from
+        # PyPI with GGML_NATIVE (llama-cpp-python 0.3.36) that path crashed the process (SIGSEGV in the
+        # first llama_decode, Q4_1 SmolLM2; measured on a 2-core AMX machine), so it is off there unless asked
+        self.extra_buffers = (not cpu_has_amx()) if extra_buffers is None else bool(extra_buffers)
+        with _model_params(use_extra_bufts=self.extra_buffers):
+            self.llm = Llama(str(self.gguf), n_ctx=context_per_query, n_threads=self.n_threads,
+                             n_threads_batch=self.n_threads, verbose=False)
         self._lib = llama_cpp
         self._model = self.llm._model.model
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
@@ -87,7 +124,7 @@ class LlamaCppBackend(ModelBackend):
 
     def describe(self) -> dict:
         return {"backend": "llamacpp", "spec": self.spec, "gguf": self.gguf.name, "supports_images": False,
-                "batch_size": self.batch_size, "n_threads": self.n_threads}
+                "batch_size": self.batch_size, "n_threads": self.n_threads, "extra_buffers": self.extra_buffers}
 
     def close(self) -> None:
         if self._ctx is not None:
