@@ -135,7 +135,7 @@ def _adam_after_two_steps(seed=0):
 
 
 def test_optimizer_state_waits_on_disk_and_comes_back_exactly(tmp_path):
-    """AdamW's moments leave memory while inside, come back bit-identical (into one flat buffer),
+    """AdamW's moments leave memory while parked, come back bit-identical (into one flat buffer),
     and the next steps are those of an optimiser that never left; also after an error inside."""
     import torch
 
@@ -143,11 +143,15 @@ def test_optimizer_state_waits_on_disk_and_comes_back_exactly(tmp_path):
     twin_params, twin = _adam_after_two_steps()
     before = {(i, k): v.clone() for i, st in enumerate(opt.state.values()) for k, v in st.items()}
     path = tmp_path / "run" / ".optimizer-state.safetensors"
+    state = common.OptimizerStateOnDisk(opt, path)
     with pytest.raises(RuntimeError, match="inside"):
-        with common.optimizer_state_on_disk(opt, path):
-            assert path.exists()
+        state.park()
+        try:
+            assert path.exists() and state.parked
             assert all(st["exp_avg"].numel() == 0 and st["exp_avg_sq"].numel() == 0 for st in opt.state.values())
             raise RuntimeError("an error inside")
+        finally:
+            state.restore()
     assert not path.exists()
     after = {(i, k): v for i, st in enumerate(opt.state.values()) for k, v in st.items()}
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
@@ -160,5 +164,7 @@ def test_optimizer_state_waits_on_disk_and_comes_back_exactly(tmp_path):
             p.grad = g.clone()
         o.step()
     assert all(torch.equal(a, b) for a, b in zip(params, twin_params))
-    with common.optimizer_state_on_disk(opt, path, enabled=False):  # disabled: untouched, nothing written
-        assert not path.exists() and all(st["exp_avg"].numel() for st in opt.state.values())
+    disabled = common.OptimizerStateOnDisk(opt, path, enabled=False)
+    disabled.park()  # disabled: untouched, nothing written
+    assert not path.exists() and all(st["exp_avg"].numel() for st in opt.state.values())
+    disabled.restore()

@@ -210,18 +210,6 @@ class OptimizerStateOnDisk:
         self.path.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def optimizer_state_on_disk(optimizer, path: Path, *, enabled: bool = True):
-    """Inside: the optimiser's state waits on disk (:class:`OptimizerStateOnDisk`); on exit (also
-    after an error) it is back, exactly."""
-    state = OptimizerStateOnDisk(optimizer, path, enabled=enabled)
-    state.park()
-    try:
-        yield state
-    finally:
-        state.restore()
-
-
 def _read_back(path: Path, parked: dict) -> None:
     """Refill the tensors of ``parked`` (key -> (tensor, shape, dtype)) from the safetensors file
     :class:`OptimizerStateOnDisk` wrote: its header (JSON) gives each tensor's byte range, read with
